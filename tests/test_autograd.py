@@ -1,0 +1,182 @@
+"""The engine: graph walking, accumulation, freed buffers, higher order, memory, gradcheck's report, bad input."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import neuralbook as nb
+import neuralbook.functional as F
+
+
+def test_chain_of_100k_ops_has_no_recursion_error():
+    x = nb.tensor(1.0, dtype="float64", requires_grad=True)
+    y = x
+    for _ in range(100_000):
+        y = y * 1.0 + 0.0
+    y.backward()
+    assert x.grad.item() == 1.0
+
+
+def test_diamond_graph_sums_both_paths():
+    x = nb.tensor(3.0, dtype="float64", requires_grad=True)
+    a = x * 2.0
+    y = a * a + a.exp()  # a used three times
+    y.backward()
+    assert np.isclose(x.grad.item(), 2 * (2 * 6.0 + np.exp(6.0)))
+
+
+def test_gradients_accumulate_across_backward_calls():
+    x = nb.tensor([1.0, 2.0], requires_grad=True)
+    (x * 3.0).sum().backward()
+    (x * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [6.0, 6.0])
+
+
+def test_leaf_grads_never_alias_each_other():
+    a = nb.tensor([1.0, 2.0], requires_grad=True)
+    b = nb.tensor([1.0, 2.0], requires_grad=True)
+    (a + b).sum().backward()
+    a.grad.data *= 10  # an in-place change (e.g. gradient clipping) must not leak into b.grad
+    np.testing.assert_array_equal(b.grad.numpy(), [1.0, 1.0])
+
+
+def test_grad_none_needs_a_scalar():
+    x = nb.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"single-element output, this one has shape \(2,\)"):
+        (x * 2.0).backward()
+    (x * 2.0).backward(np.array([1.0, 0.5], np.float32))
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 1.0])
+
+
+def test_backward_on_tensor_without_grad_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        nb.tensor([1.0]).sum().backward()
+
+
+def test_second_backward_needs_retain_graph():
+    x = nb.tensor([0.5], requires_grad=True)
+    y = x.exp().sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        y.backward()
+    x.grad = None
+    y = x.exp().sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.exp([0.5]), rtol=1e-6)
+
+
+def test_second_derivative_of_tanh():
+    x = nb.tensor(np.array([-1.0, 0.3, 2.0]), requires_grad=True)
+    y = F.tanh(x).sum()
+    (g,) = nb.grad(y, [x], create_graph=True)
+    (gg,) = nb.grad(g.sum(), [x])
+    t = np.tanh(x.numpy())
+    np.testing.assert_allclose(g.numpy(), 1 - t * t, rtol=1e-12)
+    np.testing.assert_allclose(gg.numpy(), -2 * t * (1 - t * t), rtol=1e-12)
+
+
+def test_third_derivative():
+    x = nb.tensor(np.array(0.7), requires_grad=True)
+    (g1,) = nb.grad(x ** 4, [x], create_graph=True)
+    (g2,) = nb.grad(g1, [x], create_graph=True)
+    (g3,) = nb.grad(g2, [x])
+    assert np.isclose(g3.item(), 24 * 0.7)
+
+
+def test_no_grad_and_detach():
+    x = nb.tensor([1.0], requires_grad=True)
+    with nb.no_grad():
+        y = x * 2.0
+    assert not y.requires_grad and y.creator is None
+    assert nb.is_grad_enabled()
+    z = (x * 2.0).detach()
+    assert not z.requires_grad and z.creator is None
+    assert (x * 2.0).requires_grad and not (nb.tensor([1.0]) * 2.0).requires_grad
+
+    @nb.no_grad()
+    def f(t):
+        return t * 3.0
+    assert not f(x).requires_grad and nb.is_grad_enabled()
+
+
+def test_integer_tensors_cannot_require_grad():
+    with pytest.raises(TypeError, match="only floating-point tensors can require grad.*int64"):
+        nb.tensor([1, 2], requires_grad=True)
+
+
+def test_dropping_the_output_frees_graph_and_arrays():
+    x = nb.tensor(np.ones(10_000), requires_grad=True)
+    h = x.exp()
+    big = weakref.ref(h.data) if hasattr(h.data, "__weakref__") else None
+    y = (h * 2.0).sum()
+    node = weakref.ref(y.creator)
+    hnode = weakref.ref(h.creator)
+    del h
+    gc.disable()  # prove it is freed by reference counting alone (no cycles)
+    try:
+        del y
+        assert node() is None and hnode() is None
+        if big is not None:
+            assert big() is None
+    finally:
+        gc.enable()
+
+
+def test_backward_frees_saved_buffers():
+    x = nb.tensor(np.ones(100), requires_grad=True)
+    y = x.exp()
+    node = y.creator
+    y.sum().backward()
+    assert node.y_data is None
+
+
+def test_default_float_dtype_and_dtype_preservation():
+    assert nb.tensor([1.0]).dtype == np.float32
+    assert nb.tensor(np.zeros(2)).dtype == np.float64
+    assert nb.tensor([1, 2]).dtype.kind == "i"
+    x = nb.tensor([1.0, 2.0], requires_grad=True)
+    y = (x * 2.5 + 1).exp() / 3
+    assert y.dtype == np.float32
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_gradcheck_report_names_input_element_and_values():
+    class Bad(nb.Function):
+        def forward(self, x):
+            return x * x
+
+        def backward(self, gy):
+            return gy * self.xs[0]
+
+    with pytest.raises(nb.GradcheckError, match=r"input 0 \(shape \(2,\)\): at element \(0,\) numeric .* vs analytic"):
+        nb.gradcheck(lambda x: Bad()(x), np.array([1.0, 2.0]))
+    assert nb.gradcheck(lambda x: Bad()(x), np.array([1.0, 2.0]), raise_exception=False) is False
+    assert nb.gradcheck(lambda x, y: x * y, np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+
+
+def test_tensors_on_two_devices_error_names_both(monkeypatch):
+    import neuralbook.autograd as ag
+    a, b = nb.tensor([1.0]), nb.tensor([2.0])
+    monkeypatch.setattr(ag.Tensor, "device", property(lambda t: "cuda:0" if t is b else "cpu"))
+    with pytest.raises(RuntimeError, match=r"Add: expected all tensors on one device, got cpu and cuda:0"):
+        a + b
+
+
+def test_repr_and_item():
+    x = nb.tensor([1.0, 2.0], requires_grad=True)
+    assert "requires_grad=True" in repr(x)
+    assert "grad_fn=<Mul>" in repr(x * 2.0)
+    assert nb.tensor([3.5]).item() == 3.5
+    with pytest.raises(ValueError, match="only a tensor with one element"):
+        x.item()
+
+
+def test_reflected_operators_with_arrays():
+    x = nb.tensor([1.0, 2.0], requires_grad=True)
+    y = np.array([2.0, 3.0], np.float32) * x + np.ones(2, np.float32)
+    assert isinstance(y, nb.Tensor)
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 3.0])
