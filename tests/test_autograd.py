@@ -159,7 +159,10 @@ def test_gradcheck_report_names_input_element_and_values():
 
 def test_tensors_on_two_devices_error_names_both(monkeypatch):
     import neuralbook.autograd as ag
+    class FakeGpuArray(np.ndarray):  # stands in for a CuPy array on a machine without a GPU
+        pass
     a, b = nb.tensor([1.0]), nb.tensor([2.0])
+    b.data = b.data.view(FakeGpuArray)
     monkeypatch.setattr(ag.Tensor, "device", property(lambda t: "cuda:0" if t is b else "cpu"))
     with pytest.raises(RuntimeError, match=r"Add: expected all tensors on one device, got cpu and cuda:0"):
         a + b
