@@ -4,13 +4,13 @@ import warnings
 
 import numpy as np
 import pytest
+import sklearn.metrics as skm  # the oracle (scikit-learn is a dependency of neuralbook)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.exceptions import UndefinedMetricWarning as SkWarning
 
-skm = pytest.importorskip("sklearn.metrics")
-from hypothesis import given, settings, strategies as st  # noqa: E402
-from sklearn.exceptions import UndefinedMetricWarning as SkWarning  # noqa: E402
-
-import neuralbook.metrics as M  # noqa: E402
-from neuralbook.autograd import Tensor  # noqa: E402
+import neuralbook.metrics as M
+from neuralbook.autograd import Tensor
 
 AVERAGES = ("binary", "micro", "macro", "weighted", None)
 ZERO_DIVISION = ("warn", 0.0, 1.0, np.nan)
@@ -177,9 +177,10 @@ def test_classification_report_random():
         d2, _ = _run(skm.classification_report, t, p, output_dict=True, **kw)
         assert list(d1) == list(d2)
         for k in d2:
-            _same(d1[k], d2[k]) if not isinstance(d2[k], dict) else \
-                [_same(d1[k][h], d2[k][h]) for h in d2[k]] and None
-            if isinstance(d2[k], dict): assert list(d1[k]) == list(d2[k])
+            if isinstance(d2[k], dict):
+                assert list(d1[k]) == list(d2[k])
+                for h in d2[k]: _same(d1[k][h], d2[k][h])
+            else: _same(d1[k], d2[k])
 
 
 def test_classification_report_strings_exact():
@@ -212,7 +213,7 @@ def test_roc_curve_random():
 def test_roc_curve_needs_pos_label_for_other_labels():
     with pytest.raises(ValueError, match=r"roc_curve: y_true takes values \['a', 'b'\].*pos_label"):
         M.roc_curve(["a", "b"], [0.1, 0.9])
-    fpr, tpr, thr = M.roc_curve(["a", "b", "b"], [0.1, 0.9, 0.4], pos_label="b")
+    fpr, tpr, _ = M.roc_curve(["a", "b", "b"], [0.1, 0.9, 0.4], pos_label="b")
     assert fpr.tolist() == [0, 0, 0, 1] and tpr.tolist() == [0, 0.5, 1, 1]
     with pytest.warns(M.UndefinedMetricWarning, match="no negative samples"):
         fpr, _, _ = M.roc_curve([1, 1], [0.2, 0.3])
@@ -406,7 +407,7 @@ def test_plots_return_axes():
     assert ax.texts[1].get_text() == "0.00" and ax.texts[5].get_text() == "0.50"
     with pytest.raises(ValueError, match="plot_confusion_matrix: cm must be a square numeric matrix"):
         M.plot_confusion_matrix(np.zeros((2, 3)))
-    fig, axs = plt.subplots(1, 2)
+    _, axs = plt.subplots(1, 2)
     ax = M.plot_roc_curve([0, 1, 1, 0], [0.1, 0.8, 0.4, 0.5], ax=axs[0])
     assert ax is axs[0] and len(ax.lines) == 2 and "AUC = 0.750" in ax.get_legend().get_texts()[0].get_text()
     P = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4]])
