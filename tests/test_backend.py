@@ -71,6 +71,11 @@ def test_kernel_dispatches_to_gpu_twin_for_cuda_arrays(monkeypatch):
         assert "test_scale" in B.KERNELS and "cuda" in repr(scale)
         with pytest.raises(ValueError, match="registered twice"):
             B.kernel("test_scale")(lambda x: x)
+
+        def scale(x, a):  # the same definition again (a re-run cell): replaces the CPU side, keeps the twin
+            return x * a * 1.0
+        again = B.kernel("test_scale")(scale)
+        assert again is B.KERNELS["test_scale"] and again.impls["cpu"] is scale and "cuda" in again.impls
     finally:
         del B.KERNELS["test_scale"]
 
