@@ -12,7 +12,8 @@ from neuralbook.functional import (abs, clip, concatenate, exp, log, matmul, max
                                    transpose, where)
 from neuralbook.autograd import add, sub, mul, div, neg, pow
 from neuralbook import nn
-from neuralbook import data, datasets, metrics, losses, regularization
+from neuralbook import data, datasets, metrics, losses, regularization, learner
+from neuralbook.learner import Learner, Callback
 ```
 
 ```python
@@ -32,7 +33,7 @@ _attach(nn, regularization, ["Dropout"])
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #9c8b8529
+# %% ../nbs/index.ipynb #0acbb51a
 __version__ = "0.1.0"
 
 from .backend import (DeviceError, Generator, cuda_is_available, get_array_module, get_default_dtype,
@@ -44,9 +45,10 @@ from .functional import (abs, clip, concatenate, exp, log, matmul, maximum, mini
                                    transpose, where)
 from .autograd import add, sub, mul, div, neg, pow
 from . import nn
-from . import data, datasets, metrics, losses, regularization
+from . import data, datasets, metrics, losses, regularization, learner
+from .learner import Learner, Callback
 
-# %% ../nbs/index.ipynb #3811b960
+# %% ../nbs/index.ipynb #0187414e
 def _attach(namespace, module, names):
     for name in names: setattr(namespace, name, getattr(module, name))
 
