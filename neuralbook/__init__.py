@@ -12,7 +12,7 @@ from neuralbook.functional import (abs, clip, concatenate, exp, log, matmul, max
                                    transpose, where)
 from neuralbook.autograd import add, sub, mul, div, neg, pow
 from neuralbook import nn
-from neuralbook import data, datasets, metrics, losses, regularization, learner
+from neuralbook import data, datasets, metrics, losses, optim, regularization, learner
 from neuralbook.learner import Learner, Callback
 ```
 
@@ -33,7 +33,7 @@ _attach(nn, regularization, ["Dropout"])
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #0acbb51a
+# %% ../nbs/index.ipynb #2bda618a
 __version__ = "0.1.0"
 
 from .backend import (DeviceError, Generator, cuda_is_available, get_array_module, get_default_dtype,
@@ -45,10 +45,10 @@ from .functional import (abs, clip, concatenate, exp, log, matmul, maximum, mini
                                    transpose, where)
 from .autograd import add, sub, mul, div, neg, pow
 from . import nn
-from . import data, datasets, metrics, losses, regularization, learner
+from . import data, datasets, metrics, losses, optim, regularization, learner
 from .learner import Learner, Callback
 
-# %% ../nbs/index.ipynb #0187414e
+# %% ../nbs/index.ipynb #27fdad02
 def _attach(namespace, module, names):
     for name in names: setattr(namespace, name, getattr(module, name))
 
