@@ -426,3 +426,13 @@ def test_augmentation_bad_input():
         RandomFlip()([[1.0]])
     with pytest.raises(TypeError, match="Compose: every transform must be callable"):
         Compose([1])
+
+
+def test_early_stopper_with_no_improvement_keeps_weights():
+    import neuralbook as nb
+    model = nb.nn.Linear(2, 1)
+    before = model.weight.numpy().copy()
+    stopper = EarlyStopper(patience=2, restore_best=True)
+    assert not stopper.step(float("nan"), model)
+    assert stopper.step(float("nan"), model)  # stops without raising, weights untouched
+    np.testing.assert_array_equal(model.weight.numpy(), before)
