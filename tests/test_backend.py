@@ -64,10 +64,12 @@ def test_kernel_dispatches_to_gpu_twin_for_cuda_arrays(monkeypatch):
         class FakeGpuArray(np.ndarray):
             pass
         import types
-        monkeypatch.setattr(B, "_cupy", types.SimpleNamespace(ndarray=FakeGpuArray))
+        fake = types.SimpleNamespace(ndarray=FakeGpuArray)
+        monkeypatch.setattr(B, "_cupy", fake)
         scale(np.ones(2).view(FakeGpuArray), 2.0)
         scale(np.ones(2), 2.0)
-        assert calls == ["cpu", "cuda", "cpu"]
+        scale.impl_for(np.ones(2), xp=fake)(np.ones(2), 1.0)  # an `xp=cupy` keyword also selects the twin
+        assert calls == ["cpu", "cuda", "cpu", "cuda"]
         assert "test_scale" in B.KERNELS and "cuda" in repr(scale)
         with pytest.raises(ValueError, match="registered twice"):
             B.kernel("test_scale")(lambda x: x)
