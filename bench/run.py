@@ -203,15 +203,17 @@ def peak_memory_ours(fn):
 def peak_memory_torch(fn):
     "Peak of PyTorch's CPU allocations during one step, from its profiler's memory events."
     from torch.profiler import ProfilerActivity, profile
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     fn()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    # each event's *self* memory is what it allocated (+) or freed (−) itself; their running sum in time order is
+    # the live memory of the step, and its maximum the peak
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     cur = peak = 0
     for e in events:
-        if e.name == "[memory]":
-            cur += e.cpu_memory_usage
-            peak = max(peak, cur)
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
     return peak
 
 

@@ -1,0 +1,124 @@
+"""Chapter 10b: the command line — `neuralbook train`, `chapters`, `--version`, the plugin hook for subcommands."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import neuralbook as nb
+from neuralbook import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv):
+    status = cli.main(list(argv))
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_train_iris_writes_curves_confusion_matrix_and_checkpoint(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+    figs = plt.get_fignums()
+    status, out, err = run(capsys, "train", "iris", "--epochs", "5", "--hidden", "16,8", "--quiet",
+                           "--out", str(tmp_path / "iris"))
+    assert status == 0 and err == ""                                    # --quiet: no progress bar
+    assert "iris: 120 training / 30 test samples, 4 features, 3 classes; MLP 4-16-8-3" in out
+    assert "test accuracy 0." in out and "macro F1 0." in out
+    assert "confusion matrix (rows: true class, columns: predicted):" in out
+    rows = out.split("predicted):\n")[1].splitlines()[1:4]
+    cm = np.array([[int(v) for v in r.split()[1:]] for r in rows])
+    assert cm.shape == (3, 3) and cm.sum() == 30 and list(cm.sum(1)) == [10, 10, 10]     # stratified test split
+    files = sorted(p.name for p in (tmp_path / "iris").iterdir())
+    assert files == ["confusion_matrix.png", "model.json", "model.safetensors", "training_curves.png"]
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        assert (tmp_path / "iris" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((tmp_path / "iris" / "model.json").read_text())
+    assert meta["dataset"] == "iris" and meta["weights"] == "model.safetensors"
+    assert meta["arch"]["config"]["class_name"] == "Sequential"
+    assert len(meta["preprocessing"]["standardize"]["mean"]) == 4
+    assert len(meta["metrics"]["history"]["loss"]) == 5
+    assert plt.get_fignums() == figs                                    # the caller's figures are untouched
+
+
+def test_checkpoint_reloads_to_the_same_model(tmp_path):
+    r = cli.train("wine", epochs=3, quiet=True, out=tmp_path, print_fn=lambda *a: None)
+    model, meta = cli.load_trained(tmp_path)
+    from neuralbook.datasets import load_wine
+    X, _ = load_wine()
+    std = meta["preprocessing"]["standardize"]
+    Z = ((X - np.array(std["mean"])) / np.array(std["scale"])).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(Z, verbose=0), r["model"].predict(Z, verbose=0))
+    assert meta["metrics"]["test_accuracy"] == r["accuracy"]
+    from neuralbook.learner import load_safetensors                    # the learner's reader understands the file
+    tensors, meta2 = load_safetensors(tmp_path / "model.safetensors")
+    assert sorted(tensors) == sorted(r["model"].state_dict()) and meta2["dataset"] == "wine"
+    assert cli.load_trained(tmp_path / "model.json")[1]["dataset"] == "wine"
+
+
+def test_train_is_reproducible_and_shows_a_progress_bar(tmp_path, capsys):
+    a = cli.train("iris", epochs=4, seed=3, out=tmp_path / "a", print_fn=lambda *a: None)
+    err = capsys.readouterr().err
+    assert "training" in err and "epoch" in err                         # tqdm on stderr
+    b = cli.train("iris", epochs=4, seed=3, quiet=True, out=tmp_path / "b", print_fn=lambda *a: None)
+    assert a["history"] == b["history"] and a["accuracy"] == b["accuracy"]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_digits_default_recipe_is_good(tmp_path):
+    r = cli.train("digits", epochs=15, quiet=True, out=tmp_path, print_fn=lambda *a: None)
+    assert r["accuracy"] >= 0.95 and r["f1_macro"] >= 0.95
+
+
+def test_bad_arguments_are_reported(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "cifar"])
+    assert e.value.code == 2 and "invalid choice: 'cifar'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "iris", "--hidden", "64,x"])
+    assert "--hidden must be comma-separated layer sizes such as 64,64, got '64,x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "iris", "--epochs", "0"])
+    assert "must be > 0, got 0" in capsys.readouterr().err
+
+
+def test_chapters_and_help(capsys):
+    status, out, _ = run(capsys, "chapters")
+    lines = out.splitlines()
+    assert status == 0 and len(lines) >= 17
+    assert any(l.split(None, 1) == ["10", "The Keras-style API"] for l in lines)
+    assert [n for n, _ in cli.CHAPTERS][:3] == ["00", "01", "02"]
+    status, out, _ = run(capsys)                                         # no command: help
+    assert status == 0 and "train" in out and "chapters" in out
+
+
+def test_version_in_process_and_as_a_program(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"neuralbook {nb.__version__}"
+    r = subprocess.run([sys.executable, "-c", "import sys; from neuralbook.cli import main; sys.exit(main())",
+                        "--version"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"neuralbook {nb.__version__}"
+    exe = shutil.which("neuralbook")
+    if exe:                                                              # the console script, where it is installed
+        r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == f"neuralbook {nb.__version__}"
+
+
+def test_plugins_add_subcommands(tmp_path, monkeypatch, capsys):
+    (tmp_path / "nb_plugin_demo.py").write_text(
+        "def add(sub):\n"
+        "    p = sub.add_parser('hello', help='say hello')\n"
+        "    p.add_argument('name')\n"
+        "    p.set_defaults(func=lambda a: print('hello', a.name) or 3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "PLUGINS", cli.PLUGINS + ["nb_plugin_demo:add", "not_installed_anywhere:add"])
+    status, out, _ = run(capsys, "hello", "world")
+    assert status == 3 and out == "hello world\n"
+    import importlib.util
+    if importlib.util.find_spec("neuralbook.finetune") and hasattr(__import__("neuralbook.finetune").finetune,
+                                                                     "add_finetune_parser"):
+        assert "finetune" in cli.build_parser().format_help()

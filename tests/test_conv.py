@@ -1,0 +1,311 @@
+"""Convolution and pooling (chapter 11): forward and backward against PyTorch over many random geometries, float64
+gradient checks (first and second order), layouts, dtypes, layers and the error messages for bad input."""
+import math
+
+import numpy as np
+import pytest
+
+import neuralbook as nb
+from neuralbook import nn
+from neuralbook.conv import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    Conv2d,
+    ConvTranspose2d,
+    MaxPool2d,
+    adaptive_avg_pool2d,
+    avg_pool2d,
+    col2im,
+    conv2d,
+    conv_transpose2d,
+    im2col,
+    max_pool2d,
+)
+from tests.helpers import compare_with_torch, torch
+
+tF = torch.nn.functional if torch is not None else None
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is the oracle")
+
+
+# ------------------------------------------------------------------ random geometries
+def conv_case(seed):
+    "A random (but always valid) conv2d problem: arrays and PyTorch-style keyword arguments."
+    rng = np.random.default_rng(seed)
+    g = int(rng.choice([1, 1, 2, 3]))
+    C, K = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+    kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+    sh, sw = (int(v) for v in rng.integers(1, 3, 2))
+    dh, dw = (int(v) for v in rng.integers(1, 3, 2))
+    ph, pw = (int(v) for v in rng.integers(0, 3, 2))
+    H = int(rng.integers(1, 7)) + dh * (kh - 1)
+    W = int(rng.integers(1, 7)) + dw * (kw - 1)
+    x = rng.standard_normal((int(rng.integers(1, 4)), C, H, W))
+    w = rng.standard_normal((K, C // g, kh, kw))
+    b = rng.standard_normal(K)
+    return x, w, b, {"stride": (sh, sw), "padding": (ph, pw), "dilation": (dh, dw), "groups": g}, rng
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(60))
+def test_conv2d_matches_torch(seed):
+    x, w, b, kw, _ = conv_case(seed)
+    compare_with_torch(lambda x, w, b: conv2d(x, w, b, **kw), lambda x, w, b: tF.conv2d(x, w, b, **kw), x, w, b,
+                       atol=1e-8, rtol=1e-8)
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(60))
+def test_conv_transpose2d_matches_torch(seed):
+    x, _, _, kw, rng = conv_case(seed)
+    g = kw["groups"]
+    kh, kwid = (int(v) for v in rng.integers(1, 4, 2))
+    w = rng.standard_normal((x.shape[1], g * int(rng.integers(1, 3)), kh, kwid))
+    (sh, sw), (dh, dw) = kw["stride"], kw["dilation"]
+    op = (int(rng.integers(0, sh)), int(rng.integers(0, sw)))
+    ph, pw = (min(p, (d * (k - 1)) // 2) for p, d, k in zip(kw["padding"], (dh, dw), (kh, kwid)))
+    kt = {"stride": (sh, sw), "padding": (ph, pw), "output_padding": op, "groups": g, "dilation": (dh, dw)}
+    b = rng.standard_normal(w.shape[1] * g)
+    compare_with_torch(lambda x, w, b: conv_transpose2d(x, w, b, **kt), lambda x, w, b: tF.conv_transpose2d(x, w, b, **kt),
+                       x, w, b, atol=1e-8, rtol=1e-8)
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(60))
+def test_pools_match_torch(seed):
+    rng = np.random.default_rng(1000 + seed)
+    k, s, d = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    p = int(rng.integers(0, k // 2 + 1))
+    ceil = bool(rng.integers(0, 2))
+    H, W = (int(v) + d * (k - 1) for v in rng.integers(1, 8, 2))
+    x = np.round(rng.standard_normal((2, 3, H, W)) * 2) / 2          # many ties: the first maximum must win
+    compare_with_torch(lambda x: max_pool2d(x, k, s, p, d, ceil), lambda x: tF.max_pool2d(x, k, s, p, d, ceil), x,
+                       atol=1e-8, rtol=1e-8)
+    cip = bool(rng.integers(0, 2))
+    dov = None if rng.integers(0, 4) else 3
+    compare_with_torch(lambda x: avg_pool2d(x, k, s, p, ceil, cip, dov), lambda x: tF.avg_pool2d(x, k, s, p, ceil, cip, dov),
+                       x, atol=1e-8, rtol=1e-8)
+    out = (int(rng.integers(1, H + 1)), int(rng.integers(1, W + 1)))
+    compare_with_torch(lambda x: adaptive_avg_pool2d(x, out), lambda x: tF.adaptive_avg_pool2d(x, out), x,
+                       atol=1e-8, rtol=1e-8)
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("k,dilation", [((2, 2), 1), ((3, 4), 1), ((3, 3), 2), ((1, 2), (1, 3))])
+def test_padding_same_and_valid(k, dilation):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3) + k)
+    for mode in ("same", "valid"):
+        compare_with_torch(lambda x, w, mode=mode: conv2d(x, w, padding=mode, dilation=dilation),
+                           lambda x, w, mode=mode: tF.conv2d(x, w, padding=mode, dilation=dilation), x, w,
+                           atol=1e-8, rtol=1e-8)
+    assert conv2d(x, w, padding="same", dilation=dilation).shape == (2, 4, 7, 6)
+
+
+@needs_torch
+@pytest.mark.parametrize("size", [1, (2, None), (3, 2), (7, 6)])
+def test_adaptive_sizes(size):
+    x = np.random.default_rng(1).standard_normal((2, 2, 7, 6))
+    compare_with_torch(lambda x: adaptive_avg_pool2d(x, size), lambda x: tF.adaptive_avg_pool2d(x, size), x, atol=1e-8)
+
+
+@needs_torch
+def test_double_backward_matches_torch():
+    "Second derivatives through conv2d, conv_transpose2d and max_pool2d equal PyTorch's."
+    rng = np.random.default_rng(3)
+    x, w, v = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal((2, 6, 3, 5))
+    wt = rng.standard_normal((4, 3, 2, 2))
+
+    def f(F, x, w, wt):
+        y = F["conv"](x, w, stride=(2, 1), padding=1, groups=2, dilation=(1, 2))
+        z = F["convt"](F["pool"](x, 2, 1), wt, stride=2, padding=1, output_padding=1, groups=2)
+        return (y * y * F["t"](v)).sum() + (z * z * z).sum()
+
+    ours = {"conv": conv2d, "convt": conv_transpose2d, "pool": max_pool2d, "t": nb.tensor}
+    theirs = {"conv": tF.conv2d, "convt": tF.conv_transpose2d, "pool": tF.max_pool2d, "t": torch.tensor}
+    a = [nb.tensor(t, requires_grad=True) for t in (x, w, wt)]
+    ta = [torch.tensor(t, requires_grad=True) for t in (x, w, wt)]
+    ga = nb.grad(f(ours, *a), a, create_graph=True)
+    tga = torch.autograd.grad(f(theirs, *ta), ta, create_graph=True)
+    for g, tg in zip(ga, tga): np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), atol=1e-8)
+    s = sum(((g * g).sum() for g in ga), nb.tensor(0.0, dtype="float64"))
+    ts = sum((g * g).sum() for g in tga)
+    gg = nb.grad(s, a)
+    tgg = torch.autograd.grad(ts, ta)
+    for g, tg in zip(gg, tgg): np.testing.assert_allclose(g.numpy(), tg.numpy(), atol=1e-7, rtol=1e-7)
+
+
+# ------------------------------------------------------------------ numerical gradients
+@pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1}, {"stride": (1, 2), "dilation": (2, 1), "groups": 2},
+                                {"padding": "same", "dilation": 2}])
+def test_conv2d_gradcheck(kw):
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((4, 4 // kw.get("groups", 1), 3, 2)), rng.standard_normal(4)
+    assert nb.gradcheck(lambda x, w, b: conv2d(x, w, b, **kw), x, w, b)
+    assert nb.gradgradcheck(lambda x, w: conv2d(x, w, **kw), x[:1], w)
+
+
+def test_conv_transpose2d_and_pools_gradcheck():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 4, 3, 3)), rng.standard_normal((4, 3, 3, 2))
+    assert nb.gradcheck(lambda x, w, b: conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1, groups=2,
+                                                         dilation=(1, 2)), x, w, rng.standard_normal(6))
+    assert nb.gradgradcheck(lambda x, w: conv_transpose2d(x, w, stride=2, groups=2), x[:1], w)
+    xp = rng.standard_normal((2, 2, 6, 5))
+    for f in (lambda x: max_pool2d(x, 3, 2, padding=1, ceil_mode=True), lambda x: max_pool2d(x, 2, 1, dilation=2),
+              lambda x: avg_pool2d(x, 3, 2, padding=1, ceil_mode=True, count_include_pad=False),
+              lambda x: adaptive_avg_pool2d(x, (4, 3))):
+        assert nb.gradcheck(f, xp)
+    assert nb.gradgradcheck(lambda x: max_pool2d(x, 2, 1) ** 2, xp[:1])
+    assert nb.gradgradcheck(lambda x: avg_pool2d(x, 3, 2, padding=1) ** 2, xp[:1])
+
+
+def test_im2col_col2im_are_adjoint():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 7, 8))
+    args = ((3, 2), (2, 3), (1, 0, 2, 1), (2, 1))
+    cols = im2col(x, *args)
+    assert cols.flags.c_contiguous and cols.shape[:3] == (2, 3, 2) and cols.shape[-1] == 3
+    z = rng.standard_normal(cols.shape)
+    assert np.isclose((cols * z).sum(), (x * col2im(z, x.shape, *args)).sum())
+
+
+# ------------------------------------------------------------------ layouts and dtypes
+def test_any_memory_layout_gives_the_same_result():
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((5, 4, 3, 3))
+    ref = conv2d(np.ascontiguousarray(x), w, stride=2, padding=1)
+    for xv in (np.asfortranarray(x), np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2),
+               np.repeat(x, 2, axis=3)[..., ::2]):
+        np.testing.assert_allclose(conv2d(xv, w, stride=2, padding=1), ref, atol=1e-12)
+        np.testing.assert_allclose(max_pool2d(xv, 2), max_pool2d(np.ascontiguousarray(x), 2))
+
+
+def test_float32_stays_float32():
+    rng = np.random.default_rng(5)
+    x = nb.tensor(rng.standard_normal((2, 2, 6, 6)), dtype="float32", requires_grad=True)
+    w = nb.tensor(rng.standard_normal((4, 2, 3, 3)), dtype="float32", requires_grad=True)
+    b = nb.tensor(rng.standard_normal(4), dtype="float32", requires_grad=True)
+    wt = nb.tensor(rng.standard_normal((4, 2, 2, 2)), dtype="float32", requires_grad=True)
+    h = conv2d(x, w, b, padding=1)
+    outs = [h, max_pool2d(h, 2), avg_pool2d(h, 2), adaptive_avg_pool2d(h, (3, 2)), adaptive_avg_pool2d(h, 1),
+            conv_transpose2d(h, wt, stride=2)]
+    sum((o * o).sum() for o in outs).backward()
+    assert {o.dtype for o in outs} == {np.dtype(np.float32)}
+    assert {t.grad.dtype for t in (x, w, b, wt)} == {np.dtype(np.float32)}
+
+
+def test_raw_arrays_in_raw_arrays_out():
+    x = np.ones((1, 1, 4, 4))
+    for y in (conv2d(x, np.ones((1, 1, 2, 2))), max_pool2d(x, 2), avg_pool2d(x, 2), adaptive_avg_pool2d(x, 3)):
+        assert isinstance(y, np.ndarray)
+
+
+# ------------------------------------------------------------------ layers
+@needs_torch
+def test_layers_match_torch_modules():
+    nb.manual_seed(0)
+    pairs = [(Conv2d(4, 6, (3, 2), stride=2, padding=1, groups=2), torch.nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, groups=2)),
+             (Conv2d(4, 2, 3, padding="same", bias=False, dilation=2), torch.nn.Conv2d(4, 2, 3, padding="same", bias=False, dilation=2)),
+             (ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), torch.nn.ConvTranspose2d(4, 3, 3, 2, 1, 1)),
+             (MaxPool2d(3, 2, padding=1, ceil_mode=True), torch.nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)),
+             (AvgPool2d(2), torch.nn.AvgPool2d(2)), (AdaptiveAvgPool2d(1), torch.nn.AdaptiveAvgPool2d(1)),
+             (AdaptiveAvgPool2d((3, 2)), torch.nn.AdaptiveAvgPool2d((3, 2)))]
+    x = np.random.default_rng(6).standard_normal((2, 4, 7, 6)).astype(np.float32)
+    for ours, theirs in pairs:
+        assert repr(ours) == repr(theirs)
+        ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+        np.testing.assert_allclose(ours(nb.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy(), atol=1e-5)
+
+
+def test_conv_layer_init_like_pytorch():
+    nb.manual_seed(0)
+    m = Conv2d(6, 32, 5, groups=2)
+    bound = 1 / math.sqrt(3 * 25)                      # kaiming_uniform(a=√5) → U(±1/√fan_in), fan_in = C/groups·kh·kw
+    w = m.weight.numpy()
+    assert m.weight.shape == (32, 3, 5, 5) and m.weight.dtype == np.float32 and m.weight.requires_grad
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound and abs(w.std() - bound / math.sqrt(3)) < 0.01
+    assert np.abs(m.bias.numpy()).max() <= bound
+    t = ConvTranspose2d(6, 4, 3, groups=2)
+    assert t.weight.shape == (6, 2, 3, 3) and np.abs(t.bias.numpy()).max() <= 1 / math.sqrt(2 * 9)
+    assert [n for n, _ in nn.Sequential(m, MaxPool2d(2), t).named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert Conv2d(1, 2, 3, dtype="float64").weight.dtype == np.float64
+
+
+def test_lenet_trains():
+    "A LeNet step on random data decreases the loss (the whole stack: conv, ReLU, pool, flatten, linear)."
+    from neuralbook import optim
+    from neuralbook.losses import cross_entropy
+    nb.manual_seed(0)
+    model = nn.Sequential(Conv2d(1, 4, 3, padding=1), nn.ReLU(), MaxPool2d(2), Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+                          AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 16)
+    X[np.arange(16), 0, y, y] += 4.0                  # a learnable signal
+    opt = optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(30):
+        loss = cross_entropy(model(nb.tensor(X)), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_input_messages():
+    x = np.zeros((1, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: kernel 5×5 \(dilated 5×5\) is larger than the padded input 3×3"):
+        conv2d(x, np.zeros((4, 2, 5, 5)))
+    with pytest.raises(ValueError, match=r"conv2d: kernel 3×3 \(dilated 5×5\) is larger than the padded input 5×3 \(input 3×3, padding \(1, 1, 0, 0\)\)"):
+        conv2d(x, np.zeros((4, 2, 3, 3)), padding=(1, 0), dilation=2)
+    with pytest.raises(ValueError, match=r"conv2d: the input \(1, 2, 3, 3\) has 2 channels but the weight \(4, 3, 1, 1\) expects 3"):
+        conv2d(x, np.zeros((4, 3, 1, 1)))
+    with pytest.raises(ValueError, match=r"conv2d: expected a 4-D input \(N, C, H, W\), got shape \(2, 3, 3\); add the batch"):
+        conv2d(x[0], np.zeros((4, 2, 1, 1)))
+    with pytest.raises(ValueError, match=r"conv2d: expected a 4-D weight"):
+        conv2d(x, np.zeros((4, 2, 1)))
+    with pytest.raises(ValueError, match=r"conv2d: groups=2 must divide both the input channels \(2\) and the output channels \(3\)"):
+        conv2d(x, np.zeros((3, 1, 1, 1)), groups=2)
+    with pytest.raises(ValueError, match=r"conv2d: groups=3 must divide both the input channels \(2\)"):
+        conv2d(x, np.zeros((3, 1, 1, 1)), groups=3)
+    with pytest.raises(ValueError, match=r"conv2d: bias must have shape \(4,\)"):
+        conv2d(x, np.zeros((4, 2, 1, 1)), np.zeros(3))
+    with pytest.raises(TypeError, match=r"conv2d: input \(float32\) and weight \(float64\) must have the same"):
+        conv2d(x.astype(np.float32), np.zeros((4, 2, 1, 1)))
+    with pytest.raises(ValueError, match=r"conv2d: stride must be an int >= 1"):
+        conv2d(x, np.zeros((4, 2, 1, 1)), stride=0)
+    with pytest.raises(ValueError, match=r"conv2d: padding='same' needs stride 1"):
+        conv2d(x, np.zeros((4, 2, 1, 1)), stride=2, padding="same")
+    with pytest.raises(ValueError, match=r"conv2d: padding must be an int, a pair, 'valid' or 'same'"):
+        conv2d(x, np.zeros((4, 2, 1, 1)), padding="full")
+    with pytest.raises(ValueError, match=r"conv_transpose2d: output_padding \(1, 1\) must be smaller than the stride"):
+        conv_transpose2d(x, np.zeros((2, 1, 2, 2)), output_padding=1)
+    with pytest.raises(ValueError, match=r"conv_transpose2d: the input \(1, 2, 3, 3\) has 2 channels but the weight \(3, 1, 2, 2\) expects 3"):
+        conv_transpose2d(x, np.zeros((3, 1, 2, 2)))
+    with pytest.raises(ValueError, match=r"max_pool2d: kernel 4×4 \(dilated 4×4\) is larger than the padded input 3×3"):
+        max_pool2d(x, 4)
+    with pytest.raises(ValueError, match=r"max_pool2d: padding \(2, 2\) must be at most half the kernel size \(3, 3\)"):
+        max_pool2d(x, 3, padding=2)
+    with pytest.raises(ValueError, match=r"avg_pool2d: expected a 4-D input \(N, C, H, W\), got shape \(3, 3\)"):
+        avg_pool2d(x[0, 0], 2)
+    with pytest.raises(ValueError, match=r"adaptive_avg_pool2d: output_size must be positive"):
+        adaptive_avg_pool2d(x, 0)
+    with pytest.raises(ValueError, match=r"Conv2d\(3, 8, kernel_size=\(3, 3\), stride=\(1, 1\)\): the input \(1, 2, 3, 3\) "
+                                         r"has 2 channels, expected in_channels=3"):
+        Conv2d(3, 8, 3)(nb.tensor(x))
+    with pytest.raises(ValueError, match=r"Conv2d: in_channels \(3\) and out_channels \(8\) must be positive and divisible by groups \(2\)"):
+        Conv2d(3, 8, 3, groups=2)
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu():
+    "The NumPy kernels run unchanged on CuPy arrays (until the GPU chapter registers fused twins)."
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 4, 9, 8)).astype(np.float32), rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    for dev in ("cpu", "cuda"):
+        xt, wt = nb.tensor(x, device=dev, requires_grad=True), nb.tensor(w, device=dev, requires_grad=True)
+        y = max_pool2d(conv2d(xt, wt, stride=1, padding=1, groups=2), 2) + avg_pool2d(conv2d(xt, wt, padding=1, groups=2), 2)
+        (y * y).sum().backward()
+        if dev == "cpu": ref = (y.numpy(), xt.grad.numpy(), wt.grad.numpy())
+    for a, r in zip((y.numpy(), xt.grad.numpy(), wt.grad.numpy()), ref):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
