@@ -746,3 +746,10 @@ def test_csv_logger_content_and_append(tmp_path):
         rows2 = list(csv.DictReader(f))
     assert len(rows2) == 5 and rows2[:3] == rows
     assert [t for t in os.listdir(tmp_path)] == ["log.csv"]
+
+
+def test_save_safetensors_keeps_0d_arrays(tmp_path):
+    from neuralbook.learner import load_safetensors, save_safetensors_atomic
+    save_safetensors_atomic(tmp_path / "x.safetensors", {"n": np.array(3, dtype=np.int64), "w": np.ones((2, 2))}, {})
+    tensors, _ = load_safetensors(tmp_path / "x.safetensors")
+    assert tensors["n"].shape == () and tensors["n"] == 3
