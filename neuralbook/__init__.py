@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #987a766f
+# %% ../nbs/99_package.ipynb #6d9efb43
 __version__ = "0.1.0"
 
 from .backend import (DeviceError, Generator, cuda_is_available, get_array_module, get_default_dtype,
@@ -19,10 +19,10 @@ from .autograd import add, sub, mul, div, neg, pow
 from . import nn
 from . import data, datasets, metrics, losses, optim, regularization, learner, conv, norm
 from .learner import Learner, Callback
-from . import keras, finetune
+from . import keras, keras_conv, finetune  # keras_conv hangs Conv2D, MaxPooling2D … on keras.layers
 from . import cuda  # last: registers the GPU twins of every kernel above (imports no CuPy by itself)
 
-# %% ../nbs/99_package.ipynb #9f75fd54
+# %% ../nbs/99_package.ipynb #e48ef032
 def _attach(namespace, module, names):
     for name in names: setattr(namespace, name, getattr(module, name))
 
