@@ -177,6 +177,7 @@ OPS = {
     "clip": (clip_in(), F.clip, lambda a, lo, hi: torch.clamp(a, lo, hi), True),
     "matmul": (matmul_pair(), lambda a, b: a @ b, lambda a, b: a @ b, True),
     "linear": (linear_in(), F.linear, tF.linear if torch else None, True),
+    "dense": (linear_in(), lambda x, w, b: F.dense(x, w.T, b), tF.linear if torch else None, True),
     "relu": (unary(), F.relu, torch.relu if torch else None, True),
     "leaky_relu": (unary(), lambda a: F.leaky_relu(a, 0.1), lambda a: tF.leaky_relu(a, 0.1), True),
     "elu": (unary(), lambda a: F.elu(a, 0.7), lambda a: tF.elu(a, 0.7), True),
