@@ -327,6 +327,7 @@ OPS = {
     "erf": (lambda a: F.erf(a), lambda r: [_f(r, (5, 4))]),
     "matmul": (lambda a, b: F.matmul(a, b), lambda r: [_f(r, (2, 3, 4)), _f(r, (4, 5))]),
     "linear": (lambda x, w, b: F.linear(x, w, b), lambda r: [_f(r, (6, 4)), _f(r, (3, 4)), _f(r, (3,))]),
+    "dense": (lambda x, k, b: F.dense(x, k, b), lambda r: [_f(r, (6, 4)), _f(r, (4, 3)), _f(r, (3,))]),
     "relu": (lambda a: F.relu(a), lambda r: [_f(r, (5, 4))]),
     "leaky_relu": (lambda a: F.leaky_relu(a, 0.1), lambda r: [_f(r, (5, 4))]),
     "elu": (lambda a: F.elu(a), lambda r: [_f(r, (5, 4))]),
