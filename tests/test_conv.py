@@ -1,11 +1,15 @@
 """Convolution and pooling (chapter 11): forward and backward against PyTorch over many random geometries, float64
-gradient checks (first and second order), layouts, dtypes, layers and the error messages for bad input."""
+gradient checks (first and second order), the columns built in bands of output rows (same numbers, bounded memory),
+layouts, dtypes, layers and the error messages for bad input."""
 import math
+import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
 
 import neuralbook as nb
+from neuralbook import conv as conv_module
 from neuralbook import nn
 from neuralbook.conv import (
     AdaptiveAvgPool2d,
@@ -110,8 +114,10 @@ def test_adaptive_sizes(size):
 
 
 @needs_torch
-def test_double_backward_matches_torch():
-    "Second derivatives through conv2d, conv_transpose2d and max_pool2d equal PyTorch's."
+@pytest.mark.parametrize("band_bytes", [None, 1])
+def test_double_backward_matches_torch(band_bytes, monkeypatch):
+    "Second derivatives through conv2d, conv_transpose2d and max_pool2d equal PyTorch's (also one row per band)."
+    if band_bytes: monkeypatch.setattr(conv_module, "_BAND_BYTES", band_bytes)
     rng = np.random.default_rng(3)
     x, w, v = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal((2, 6, 3, 5))
     wt = rng.standard_normal((4, 3, 2, 2))
@@ -135,6 +141,108 @@ def test_double_backward_matches_torch():
     for g, tg in zip(gg, tgg): np.testing.assert_allclose(g.numpy(), tg.numpy(), atol=1e-7, rtol=1e-7)
 
 
+# ------------------------------------------------------------------ columns in bands of output rows
+@pytest.fixture(params=[1, 300], ids=["one-row-bands", "few-row-bands"])
+def small_bands(request, monkeypatch):
+    "A column budget so small that every convolution is split into bands (1 byte: one output row per band)."
+    monkeypatch.setattr(conv_module, "_BAND_BYTES", request.param)
+    return request.param
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(0, 60, 3))
+def test_banded_conv2d_and_transpose_match_torch(seed, small_bands):
+    x, w, b, kw, rng = conv_case(seed)
+    compare_with_torch(lambda x, w, b: conv2d(x, w, b, **kw), lambda x, w, b: tF.conv2d(x, w, b, **kw), x, w, b,
+                       atol=1e-8, rtol=1e-8)
+    g, (sh, sw) = kw["groups"], kw["stride"]
+    wt = rng.standard_normal((x.shape[1], g, 2, 3))
+    kt = {"stride": (sh, sw), "padding": (1, 1), "output_padding": (sh - 1, 0), "groups": g, "dilation": (1, 1)}
+    compare_with_torch(lambda x, w: conv_transpose2d(x, w, **kt), lambda x, w: tF.conv_transpose2d(x, w, **kt), x, wt,
+                       atol=1e-8, rtol=1e-8)
+
+
+@needs_torch
+@pytest.mark.parametrize("kw", [{"padding": 3}, {"padding": (3, 0), "stride": 2}, {"padding": 2, "dilation": 2},
+                                {"padding": (0, 1), "stride": (3, 1)}])
+def test_bands_that_lie_in_the_padding(kw, small_bands):
+    "Output rows that read nothing but padding (padding wider than the kernel), and bands cut short by the stride."
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 3, 7, 5)), rng.standard_normal((4, 3, 1, 2))
+    compare_with_torch(lambda x, w: conv2d(x, w, **kw), lambda x, w: tF.conv2d(x, w, **kw), x, w, atol=1e-8, rtol=1e-8)
+
+
+def test_band_columns_are_the_column_blocks_of_im2col(small_bands):
+    "Concatenated along the column axis, the bands' columns are exactly im2col's (zeros of the padding included)."
+    rng = np.random.default_rng(9)
+    for x, args in ((rng.standard_normal((2, 3, 9, 7)), ((3, 2), (2, 1), (2, 1, 0, 1), (2, 1))),
+                    (rng.standard_normal((1, 2, 4, 4)), ((1, 1), (1, 1), (3, 2, 1, 1), (1, 1))),
+                    (rng.standard_normal((3, 1, 8, 6)), ((2, 2), (3, 2), (0, 0, 0, 0), (1, 1)))):
+        cols = im2col(x, *args)
+        OH, OW = cols.shape[3:5]
+        bands = conv_module._bands(np, x.shape[1], args[0], (OH, OW), x.shape[0], x.itemsize)
+        assert len(bands) > 1 and bands[0][0] == 0 and bands[-1][1] == OH
+        parts = [conv_module._band_cols(x, band, *args, OH) for band in bands]
+        np.testing.assert_array_equal(np.concatenate(parts, axis=3), cols)
+
+
+def test_conv_step_never_holds_all_columns():
+    "LeNet's second layer (64 × 8 × 14 × 14, 3×3, padding 1): its 3.6 MB of columns never exist at once."
+    rng = np.random.default_rng(10)
+    x = nb.tensor(rng.standard_normal((64, 8, 14, 14)).astype(np.float32), requires_grad=True)
+    w = nb.tensor(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), requires_grad=True)
+    gy = rng.standard_normal((64, 16, 14, 14)).astype(np.float32)
+    cols_bytes = 8 * 9 * 14 * 14 * 64 * 4
+    tracemalloc.start()
+    try:
+        y = conv2d(x, w, padding=1)
+        forward_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        y.backward(gy)
+        backward_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    # forward: its output (0.8 MB) and one band of columns (1 MB); backward: the output gradient as a matrix
+    # (0.8 MB), the padded input gradient (0.5 MB) and one band (1 MB). All columns at once would be 3.6 MB more.
+    assert forward_peak < 0.6 * cols_bytes, forward_peak
+    assert backward_peak < 0.75 * cols_bytes, backward_peak
+    ref = tF.conv2d(torch.tensor(x.numpy(), requires_grad=True), torch.tensor(w.numpy()), padding=1) if torch else None
+    if ref is not None: np.testing.assert_allclose(y.numpy(), ref.detach().numpy(), atol=1e-4)
+
+
+def test_max_pool2d_frees_its_input_after_its_backward():
+    "The pooled activation is freed as soon as max_pool2d's backward has run, not when the whole graph goes."
+    x = nb.tensor(np.random.default_rng(11).standard_normal((2, 8, 32, 32)), requires_grad=True)
+    h = x * 2.0
+    alive = weakref.ref(h.data)
+    loss = (max_pool2d(h, 2) ** 2).sum()
+    del h
+    assert alive() is not None                       # still needed: backward compares it with the maxima
+    loss.backward()
+    assert alive() is None                           # gone, though `loss` still holds the graph
+    pooled = np.maximum.reduce([(2 * x.numpy())[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)])
+    expected = np.zeros(x.shape)
+    for i in (0, 1):                                 # the first maximum (row-major) of each window gets 2 · 2y
+        for j in (0, 1):
+            first = (2 * x.numpy())[:, :, i::2, j::2] == pooled
+            expected[:, :, i::2, j::2] = np.where(first, 2 * 2 * pooled, 0)
+    np.testing.assert_allclose(x.grad.numpy(), expected)
+
+
+@needs_torch
+def test_max_pool2d_double_backward_on_a_freed_input():
+    "create_graph through max_pool2d of a large intermediate (its input tensor is a stub): PyTorch's numbers."
+    x = np.random.default_rng(12).standard_normal((2, 4, 40, 40))
+    a, ta = nb.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    (g,) = nb.grad((max_pool2d(a * 1.5, 2) ** 3).sum(), [a], create_graph=True)
+    (tg,) = torch.autograd.grad((tF.max_pool2d(ta * 1.5, 2) ** 3).sum(), [ta], create_graph=True)
+    np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), atol=1e-10)
+    (gg,) = nb.grad((g * g).sum(), [a])
+    (tgg,) = torch.autograd.grad((tg * tg).sum(), [ta])
+    np.testing.assert_allclose(gg.numpy(), tgg.numpy(), atol=1e-8)
+
+
 # ------------------------------------------------------------------ numerical gradients
 @pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1}, {"stride": (1, 2), "dilation": (2, 1), "groups": 2},
                                 {"padding": "same", "dilation": 2}])
@@ -143,6 +251,18 @@ def test_conv2d_gradcheck(kw):
     x, w, b = rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((4, 4 // kw.get("groups", 1), 3, 2)), rng.standard_normal(4)
     assert nb.gradcheck(lambda x, w, b: conv2d(x, w, b, **kw), x, w, b)
     assert nb.gradgradcheck(lambda x, w: conv2d(x, w, **kw), x[:1], w)
+
+
+def test_banded_gradcheck(small_bands):
+    rng = np.random.default_rng(13)
+    x, w, b = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((4, 2, 3, 2)), rng.standard_normal(4)
+    kw = {"stride": (2, 1), "padding": (2, 1), "dilation": (1, 2), "groups": 2}
+    assert nb.gradcheck(lambda x, w, b: conv2d(x, w, b, **kw), x, w, b)
+    assert nb.gradgradcheck(lambda x, w: conv2d(x, w, **kw), x[:1], w)
+    wt = rng.standard_normal((4, 3, 3, 2))
+    assert nb.gradcheck(lambda x, w: conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2), x[:, :, :3],
+                        wt)
+    assert nb.gradgradcheck(lambda x, w: conv_transpose2d(x, w, stride=2, groups=2), x[:1, :, :3, :3], wt)
 
 
 def test_conv_transpose2d_and_pools_gradcheck():
