@@ -400,6 +400,156 @@ def test_training_metrics_are_means_over_the_epochs_batches():
     assert ev["accuracy"] == pytest.approx(accuracy_score(y_train, m.predict(X_train, verbose=0).argmax(1)))
 
 
+@pytest.mark.parametrize("task", ["labels", "label_column", "float_labels", "one_hot", "one_hot_int",
+                                  "binary", "binary_column", "binary_int"])
+def test_fit_reports_what_evaluate_and_sklearn_compute_for_every_target_layout(task):
+    """lr = 0 fixes the model, so fit's running loss and accuracy (batches of 7: the last one smaller) must equal
+    evaluate's and scikit-learn's, whichever path the targets take (fused loss and counted accuracy on logits, or
+    Keras' general conversions)."""
+    from sklearn.metrics import accuracy_score
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    binary = task.startswith("binary")
+    y = {"labels": labels, "label_column": labels[:, None], "float_labels": labels.astype(np.float32),
+         "one_hot": np.eye(3, dtype=np.float32)[labels], "one_hot_int": np.eye(3, dtype=np.int64)[labels],
+         "binary": (labels > 0).astype(np.float32), "binary_column": (labels[:, None] > 0).astype(np.float32),
+         "binary_int": (labels > 0).astype(np.int64)}[task]
+    m = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(5, activation="relu"),
+                          keras.layers.Dense(1 if binary else 3, activation="sigmoid" if binary else "softmax")])
+    loss = "binary_crossentropy" if binary else "categorical_crossentropy" if "one_hot" in task else \
+        "sparse_categorical_crossentropy"
+    m.compile(keras.optimizers.SGD(0.0), loss, ["accuracy"])
+    h = m.fit(X, y, epochs=1, batch_size=7, verbose=0)
+    ev = m.evaluate(X, y, verbose=0, return_dict=True)
+    assert m._plan.fuse == (0,) and list(h.history) == ["loss", "accuracy"]
+    assert h.history["loss"][0] == pytest.approx(ev["loss"], rel=1e-6)
+    p = m.predict(X, verbose=0)
+    hat = (p[:, 0] > 0.5).astype(int) if binary else p.argmax(1)
+    truth = (labels > 0).astype(int) if binary else labels
+    assert h.history["accuracy"][0] == ev["accuracy"] == pytest.approx(accuracy_score(truth, hat))
+    q = p[:, 0] if binary else p[np.arange(40), labels]
+    t = (labels > 0) if binary else np.ones(40, bool)
+    ref = -np.mean(np.where(t, np.log(q), np.log1p(-q)))                         # the cross-entropy by hand
+    assert ev["loss"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_loss_objects_on_logits_take_the_fused_path_with_the_same_value_and_gradient():
+    "The one-call fused path of a from_logits loss equals Keras' general path (per-sample losses, then the mean)."
+    rng = np.random.default_rng(0)
+    L = keras.losses
+    z3, z1 = rng.standard_normal((6, 3)).astype(np.float32), rng.standard_normal((6, 1)).astype(np.float32)
+    labels = rng.integers(0, 3, 6)
+    cases = [(L.SparseCategoricalCrossentropy(from_logits=True), labels, z3),
+             (L.SparseCategoricalCrossentropy(from_logits=True), labels[:, None], z3),      # general path
+             (L.CategoricalCrossentropy(from_logits=True), np.eye(3, dtype=np.float32)[labels], z3),
+             (L.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2), np.eye(3, dtype=np.float32)[labels],
+              z3),
+             (L.BinaryCrossentropy(from_logits=True), (labels > 0).astype(np.float32), z1),
+             (L.BinaryCrossentropy(from_logits=True), (labels[:, None] > 0).astype(np.int64), z1)]
+    for loss, y, z in cases:
+        a, b = nb.tensor(z, requires_grad=True), nb.tensor(z, requires_grad=True)
+        fast, general = loss(y, a), keras.losses.Loss.__call__(loss, y, b)
+        fast.backward(); general.backward()
+        assert fast.item() == pytest.approx(general.item(), rel=1e-6), loss
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_fit_keeps_one_learner_per_compile_and_frees_the_last_batch():
+    import gc
+    X_train, X_test, y_train, y_test = iris_split()
+    m = iris_model()
+    m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    m.fit(X_train, y_train, epochs=1, verbose=0)
+    learn = m._plan.learner
+    m.fit(X_train, y_train, epochs=1, validation_split=0.2, verbose=0)
+    m.evaluate(X_test, y_test, verbose=0)
+    assert m._plan.learner is learn and not m._plan.lent
+    assert learn.pred is None and learn.loss is None and learn.dl is None and learn.keras.cbs == []
+    gc.collect(); gc.disable()
+    try:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        m.fit(X_train, y_train, epochs=2, verbose=0); m.evaluate(X_test, y_test, verbose=0)
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0); gc.garbage.clear(); gc.enable()
+    assert not left & {"Learner", "_KerasBridge", "Tensor", "History"}, left   # reference counting freed them
+
+
+def test_evaluate_and_fit_inside_a_callback_get_a_learner_of_their_own():
+    "A callback may evaluate (or even fit) the model during a fit: the outer fit's metrics are not disturbed."
+    X_train, X_test, y_train, y_test = iris_split()
+
+    def run(cb):
+        nb.manual_seed(0); keras.backend.clear_session()
+        m = iris_model()
+        m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        seen = []
+        cbs = [keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(cb(m)),
+                                              on_epoch_end=lambda e, logs: seen.append(cb(m)))] if cb else []
+        h = m.fit(X_train, y_train, epochs=2, validation_split=0.2, verbose=0, callbacks=cbs)
+        return h.history, seen, m
+    h0, _, _ = run(None)
+    h1, seen, m = run(lambda m: m.evaluate(X_test, y_test, verbose=0, return_dict=True))
+    assert h1 == h0 and len(seen) == 2 * 3 + 2 and all(set(s) == {"loss", "accuracy"} for s in seen)
+    assert not m._plan.lent
+    _, nested, m = run(lambda m: m.fit(X_test, y_test, epochs=1, verbose=0).history)
+    assert all(list(s) == ["loss", "accuracy"] for s in nested) and not m._plan.lent
+
+
+def test_batch_begin_callbacks_are_called():
+    X_train, _, y_train, _ = iris_split()
+    m = iris_model()
+    m.compile("adam", "sparse_categorical_crossentropy")
+    begun = []
+    m.fit(X_train, y_train, epochs=2, batch_size=50, verbose=0,
+          callbacks=[keras.callbacks.LambdaCallback(on_train_batch_begin=lambda b, logs: begun.append(b))])
+    assert begun == [0, 1, 2] * 2
+
+
+def test_fit_batches_are_the_dataloaders(monkeypatch):
+    "fit's loader yields the DataLoader's batches (same permutations of the generator), views when unshuffled."
+    from neuralbook.data import DataLoader, TensorDataset
+    from neuralbook.keras import _Batches
+    import neuralbook.keras as K
+    X = np.arange(46 * 3, dtype=np.float32).reshape(46, 3)
+    y = np.arange(46)
+    for shuffle in (False, True):
+        for small in (True, False):
+            monkeypatch.setattr(K, "_GATHER_EPOCH_BYTES", 1 << 20 if small else 0)   # whole-epoch or per-batch gather
+            nb.manual_seed(3)
+            ours = [[t.numpy() for t in b] for _ in range(2) for b in _Batches([X, y], 10, shuffle, "fit")]
+            nb.manual_seed(3)
+            dl = DataLoader(TensorDataset(X, y), batch_size=10, shuffle=shuffle)
+            ref = [[t.numpy() for t in b] for _ in range(2) for b in dl]
+            assert len(ours) == len(ref) == 10
+            assert all(np.array_equal(a, b) for o, r in zip(ours, ref) for a, b in zip(o, r))
+    first = next(iter(_Batches([X, y], 10, False, "fit")))
+    assert np.shares_memory(first[0].data, X)                 # a view, not a copy
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        _Batches([X, y], 0, False, "fit")
+    m = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
+    m.compile("adam", "mse")
+    with pytest.raises(TypeError, match="fit: batch_size must be a positive int, got 2.5"):
+        m.fit(X, np.zeros((46, 2)), batch_size=2.5, verbose=0)
+
+
+def test_per_output_losses_are_named_after_their_outputs():
+    "An output without a loss is skipped; the others' losses keep their own names."
+    inp = keras.Input(shape=(4,))
+    h = keras.layers.Dense(6, activation="relu")(inp)
+    a, b = keras.layers.Dense(2, name="a")(h), keras.layers.Dense(3, activation="softmax", name="b")(h)
+    m = keras.Model(inputs=inp, outputs=[a, b])
+    m.compile(keras.optimizers.SGD(0.0), loss={"b": "sparse_categorical_crossentropy"})
+    rng = np.random.default_rng(0)
+    X, ya, yb = rng.standard_normal((20, 4)), rng.standard_normal((20, 2)), rng.integers(0, 3, 20)
+    hist = m.fit(X, [ya, yb], epochs=1, batch_size=8, verbose=0).history
+    assert list(hist) == ["loss", "b_loss"] and hist["b_loss"] == [pytest.approx(hist["loss"][0])]
+    assert m.evaluate(X, [ya, yb], verbose=0, return_dict=True) == pytest.approx(
+        {"loss": hist["loss"][0], "b_loss": hist["loss"][0]}, rel=1e-6)
+
+
 def test_evaluate_and_predict_return_types():
     _, X_test, _, y_test = iris_split()
     m = iris_model()

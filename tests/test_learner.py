@@ -501,6 +501,49 @@ def test_loop_overhead_is_small():
     assert lr - b < 30e-6, f"learner overhead {1e6 * (lr - b):.1f} µs per batch"
 
 
+def test_event_tables_are_built_lazily_and_follow_changes():
+    "Tables are rebuilt once after the callbacks change (also mid-fit); an instance attribute set to None is no event."
+    calls = []
+
+    class Count(Callback):
+        def after_batch(self): calls.append("count")
+
+    class Quiet(Count):
+        def __init__(self): self.after_batch = None              # switched off on the instance
+
+    class AddsOne(Callback):
+        def before_epoch(self):
+            if self.learn.epoch == 1: self.learn.add_cb(Count())
+
+    learn = tiny(Quiet(), AddsOne())
+    assert learn._ev is None                                      # nothing built at construction
+    learn.fit(1)
+    assert calls == [] and learn._ev["after_batch"] == ()
+    learn.fit(2)                                 # Count joins in epoch 1: 2 training and 1 validation batch
+    assert calls == ["count"] * 3
+    n = len(learn.cbs)
+    learn.remove_cbs([c for c in learn.cbs if type(c) is Count])
+    assert len(learn.cbs) == n - 1 and learn._ev is None
+
+
+def test_train_loss_of_float_scalars_and_0d_arrays():
+    "The epoch loss is the sample-weighted mean whether a loss holds a NumPy scalar or a 0-d array."
+    class Loss:
+        def __init__(self, v): self.data = v
+        def backward(self): pass
+
+    class NoOpt:
+        def step(self): pass
+        def zero_grad(self): pass
+    values = iter([np.float32(1.0), np.array(4.0, np.float32)])
+    batches = [(nb.tensor(np.zeros((3, 4), np.float32)), nb.tensor(np.zeros(3, np.int64))),
+               (nb.tensor(np.zeros((1, 4), np.float32)), nb.tensor(np.zeros(1, np.int64)))]
+    learn = Learner(nn.Sequential(), lambda p, y: Loss(next(values)), NoOpt(), batches)
+    learn.fit(1)
+    assert learn.recorder.history["train_loss"] == [pytest.approx((3 * 1.0 + 1 * 4.0) / 4)]
+    assert learn.recorder.losses == [1.0, 4.0]
+
+
 # ---------------------------------------------------------------- Recorder and progress
 
 def test_recorder_history_batches_lrs_plot():
