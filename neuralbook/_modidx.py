@@ -1338,6 +1338,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'neuralbook.losses._residual': ('losses.html#_residual', 'neuralbook/losses.py'),
                                    'neuralbook.losses._same_shape': ('losses.html#_same_shape', 'neuralbook/losses.py'),
                                    'neuralbook.losses._to_rows': ('losses.html#_to_rows', 'neuralbook/losses.py'),
+                                   'neuralbook.losses._weighted_reduce': ('losses.html#_weighted_reduce', 'neuralbook/losses.py'),
                                    'neuralbook.losses._xlogx': ('losses.html#_xlogx', 'neuralbook/losses.py'),
                                    'neuralbook.losses.binary_cross_entropy': ('losses.html#binary_cross_entropy', 'neuralbook/losses.py'),
                                    'neuralbook.losses.binary_cross_entropy_with_logits': ( 'losses.html#binary_cross_entropy_with_logits',
