@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #6d9efb43
+# %% ../nbs/99_package.ipynb #8ff2f994
 __version__ = "0.1.0"
 
 from .backend import (DeviceError, Generator, cuda_is_available, get_array_module, get_default_dtype,
@@ -21,8 +21,9 @@ from . import data, datasets, metrics, losses, optim, regularization, learner, c
 from .learner import Learner, Callback
 from . import keras, keras_conv, finetune  # keras_conv hangs Conv2D, MaxPooling2D … on keras.layers
 from . import cuda  # last: registers the GPU twins of every kernel above (imports no CuPy by itself)
+from . import cuda_emu  # chapter 12b: the CUDA kernels on the CPU (nb.cuda_emu.emulated_gpu())
 
-# %% ../nbs/99_package.ipynb #e48ef032
+# %% ../nbs/99_package.ipynb #cc84d451
 def _attach(namespace, module, names):
     for name in names: setattr(namespace, name, getattr(module, name))
 

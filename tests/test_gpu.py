@@ -3,9 +3,12 @@
     PYTHONPATH=. python -m pytest -m gpu tests          # on a machine with an NVIDIA GPU and CuPy
 
 Needs only pytest, NumPy and CuPy (nothing here imports torch, hypothesis or scikit-learn). Tests marked `gpu` are
-skipped by tests/conftest.py when no GPU is visible; the few unmarked tests check the tables that drive the GPU
-tests, so that those cannot silently lose coverage on a CPU-only CI.
+skipped by tests/conftest.py when no GPU is visible. Each of them also runs on chapter 12b's emulated GPU (the same
+CUDA sources compiled for the CPU, NumPy posing as CuPy), so that every CI build executes the kernels and the host
+code of the "cuda" device; the few tests without a device check the tables that drive the others.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -18,9 +21,34 @@ from neuralbook.backend import KERNELS, Generator
 gpu = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def cp():
-    return pytest.importorskip("cupy")
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
+def cp(request):
+    """The device a test runs on: a real GPU through CuPy (marked `gpu`, so skipped without one and selected by
+    `-m gpu`), or chapter 12b's emulated GPU, which runs the same CUDA sources on the CPU with grids of at most 3
+    blocks, so that every grid-stride loop wraps around (needs a C++ compiler; small shapes only)."""
+    if request.param == "cuda":
+        yield pytest.importorskip("cupy")
+        return
+    from neuralbook import cuda_emu
+    if cuda_emu.compiler() is None:
+        if os.environ.get("CI"): pytest.fail("the emulated GPU tests must run in CI: no C++ compiler found")
+        pytest.skip("no C++ compiler for the emulated GPU")
+    with cuda_emu.emulated_gpu(max_blocks=3) as fake:
+        yield fake
+
+
+EMULATED_MAX = 5_000_000    # elements: larger cases run on a real GPU only
+
+
+def emulated(cp) -> bool:
+    return type(cp).__name__ == "EmulatedCupy"
+
+
+def small_only(cp, *shapes, limit=EMULATED_MAX):
+    "Skip a large case on the emulated GPU (there each CUDA thread is a CPU fiber)."
+    n = max(int(np.prod(s)) for s in shapes)
+    if emulated(cp) and n > limit:
+        pytest.skip(f"{n:,} elements: too large for the emulated GPU; checked on a real one")
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -86,11 +114,11 @@ def covers(*names):
 covers("bias_act_fwd", "bias_act_bwd")
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (37, 129), (1000, 4097), (4096, 1024)])
 @pytest.mark.parametrize("act", list(CU.ACTIVATIONS))
 def test_bias_act_twins(cp, dtype, shape, act):
+    small_only(cp, shape)
     rng = np.random.default_rng(0)
     z = (rng.standard_normal(shape) * 3).astype(dtype)
     b = rng.standard_normal(shape[1]).astype(dtype)
@@ -112,12 +140,13 @@ def test_bias_act_twins(cp, dtype, shape, act):
 covers("softmax_cross_entropy_fwd", "softmax_cross_entropy_bwd")
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("MC", [(1, 1), (1, 2), (7, 3), (33, 1000), (4096, 10), (64, 50257)])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_softmax_cross_entropy_twins(cp, dtype, MC, weighted, eps):
+    small_only(cp, MC)
+    small_only(cp, (MC[0],), limit=1000)                           # rows: each one is ~50 barrier rounds there
     rng = np.random.default_rng(1)
     M, C = MC
     x = (rng.standard_normal((M, C)) * 40).astype(dtype)          # large logits: the max shift must hold
@@ -135,12 +164,12 @@ def test_softmax_cross_entropy_twins(cp, dtype, MC, weighted, eps):
 covers("sgd_update", "adam_update")
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 1001, 1_000_003])
 @pytest.mark.parametrize("opts", [dict(), dict(momentum=0.9), dict(momentum=0.9, dampening=0.2, weight_decay=1e-2),
                                   dict(momentum=0.9, nesterov=True, maximize=True)])
 def test_sgd_twin(cp, dtype, n, opts):
+    small_only(cp, (n,))
     rng = np.random.default_rng(2)
     p = rng.standard_normal(n).astype(dtype)
     buf = np.empty_like(p) if opts.get("momentum") else None
@@ -155,12 +184,12 @@ def test_sgd_twin(cp, dtype, n, opts):
         p, buf = c_args[0], c_args[2]
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 1001, 1_000_003])
 @pytest.mark.parametrize("opts", [dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled=True),
                                   dict(amsgrad=True), dict(maximize=True, weight_decay=0.01)])
 def test_adam_twin(cp, dtype, n, opts):
+    small_only(cp, (n,))
     rng = np.random.default_rng(3)
     p = rng.standard_normal(n).astype(dtype)
     m, v = np.zeros_like(p), np.zeros_like(p)
@@ -178,18 +207,17 @@ def test_adam_twin(cp, dtype, n, opts):
 covers("splitmix_uniform", "dropout_mask_apply")
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 37, 1_000_003])
 @pytest.mark.parametrize("counter", [0, 12345, 2**63 - 5])
 def test_splitmix_twin_gives_identical_bits(cp, dtype, n, counter):
+    small_only(cp, (n,))
     key = int(Generator(7).key)
     cpu = KERNELS["splitmix_uniform"].impls["cpu"](key, counter, n, xp=np, dtype=dtype)
     gpu_ = CU.TWINS["splitmix_uniform"](key, counter, n, xp=cp, dtype=dtype)
     assert_same(gpu_, cpu, "uniforms", exact=True)
 
 
-@gpu
 def test_same_seed_same_dropout_mask_on_both_devices(cp):
     x = np.random.default_rng(4).standard_normal((33, 65)).astype(np.float32)
     yc = regularization.dropout(nb.tensor(x), 0.3, generator=Generator(11))
@@ -198,12 +226,12 @@ def test_same_seed_same_dropout_mask_on_both_devices(cp):
     np.testing.assert_array_equal(yg.numpy(), yc.numpy())
 
 
-@gpu
 @pytest.mark.parametrize("xdtype", DTYPES)
 @pytest.mark.parametrize("udtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (5, 7), (1000, 1001)])
 @pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
 def test_dropout_twin(cp, xdtype, udtype, shape, p):
+    small_only(cp, shape)
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(xdtype)
     u = rng.uniform(size=shape).astype(udtype)
@@ -231,11 +259,11 @@ def _out_hw(shape, k, s, p, d):
     return ((H + p[0] + p[1] - d[0] * (k[0] - 1) - 1) // s[0] + 1, (W + p[2] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1)
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geom", GEOMS)
 @pytest.mark.parametrize("layout", ["nchw", "batch_innermost"])
 def test_im2col_col2im_twins(cp, dtype, geom, layout):
+    small_only(cp, geom[0])
     shape, k, s, p, d = geom
     x = _layouts(np.random.default_rng(6).standard_normal(shape).astype(dtype))[layout]
     _, cols = run_twin(cp, "im2col", (x, k, s, p, d), exact=True)
@@ -243,11 +271,11 @@ def test_im2col_col2im_twins(cp, dtype, geom, layout):
     run_twin(cp, "col2im", (g, shape, k, s, p, d), dtype=dtype)
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geom", GEOMS)
 @pytest.mark.parametrize("layout", ["nchw", "batch_innermost"])
 def test_pooling_twins(cp, dtype, geom, layout):
+    small_only(cp, geom[0])
     shape, k, s, p, d = geom
     out_hw = _out_hw(shape, k, s, p, d)
     rng = np.random.default_rng(8)
@@ -265,7 +293,6 @@ def test_pooling_twins(cp, dtype, geom, layout):
 covers("batchnorm_stats")
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [
     ((8, 3, 5, 5), None, (0, 2, 3)), ((3, 5, 5, 8), (3, 0, 1, 2), (0, 2, 3)), ((16, 7), None, (0,)),
@@ -274,6 +301,8 @@ covers("batchnorm_stats")
     ((1, 1), None, (0,)),
 ])
 def test_batchnorm_stats_twin(cp, dtype, case):
+    small_only(cp, case[0])
+    small_only(cp, [s for i, s in enumerate(case[0]) if i not in case[2]], limit=1000)   # one block per statistic
     shape, perm, axes = case
     a = (np.random.default_rng(9).standard_normal(shape) * 3 + 5).astype(dtype)
     x = np.ascontiguousarray(a).transpose(perm) if perm else a
@@ -387,7 +416,6 @@ def test_op_table_runs_on_cpu(name):
     assert any(t.grad is not None for t in ins if t.requires_grad)
 
 
-@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_op_on_cuda_matches_cpu(cp, name, dtype):
@@ -448,7 +476,6 @@ OPTIMISERS = {"sgd_momentum": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, ne
               "adam": lambda ps: optim.Adam(ps, lr=1e-3), "adamw_amsgrad": lambda ps: optim.AdamW(ps, lr=1e-3, amsgrad=True)}
 
 
-@gpu
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("opt", list(OPTIMISERS))
 def test_mlp_training_on_cuda_matches_cpu(cp, fused, opt):
@@ -461,7 +488,6 @@ def test_mlp_training_on_cuda_matches_cpu(cp, fused, opt):
     assert lg[-1] < lg[0]
 
 
-@gpu
 @pytest.mark.parametrize("opt", ["sgd_momentum", "adam"])
 def test_cnn_training_on_cuda_matches_cpu(cp, opt):
     rng = np.random.default_rng(11)
@@ -471,7 +497,6 @@ def test_cnn_training_on_cuda_matches_cpu(cp, opt):
     np.testing.assert_allclose(lg, lc, atol=1e-4)
 
 
-@gpu
 def test_model_to_cuda_and_back(cp):
     model = _mlp(False)
     sd = {k: np.array(v) for k, v in model.state_dict().items()}
@@ -486,7 +511,6 @@ def test_model_to_cuda_and_back(cp):
         model(x)
 
 
-@gpu
 def test_learner_on_cuda_matches_cpu(cp):
     from neuralbook.data import DataLoader, TensorDataset
     from neuralbook.learner import Learner
@@ -502,8 +526,8 @@ def test_learner_on_cuda_matches_cpu(cp):
     np.testing.assert_allclose(hist["cuda"], hist["cpu"], atol=1e-4)
 
 
-@gpu
 def test_tf32_switch_on_the_gpu(cp):
+    if emulated(cp): pytest.skip("TF32 needs tensor cores: nothing to emulate")
     a = cp.asarray(np.random.default_rng(13).standard_normal((512, 512)).astype(np.float32))
     exact = (a.astype(cp.float64) @ a.astype(cp.float64)).get()
     prev = CU.set_tf32(False)
