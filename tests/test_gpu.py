@@ -538,3 +538,33 @@ def test_tf32_switch_on_the_gpu(cp):
     finally:
         CU.set_tf32(prev)
     assert err_fp32 < 1e-3 and err_tf32 >= err_fp32     # TF32 can only lose precision
+
+
+def test_keras_fit_on_cuda_matches_cpu(cp):
+    from neuralbook import keras
+    rng = np.random.default_rng(14)
+    X, y = rng.standard_normal((150, 4)).astype(np.float32), rng.integers(0, 3, 150)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="relu"),
+                                  keras.layers.Dropout(0.2), keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"], device=device)
+        h = model.fit(X, y, epochs=4, batch_size=32, validation_split=0.2, verbose=0).history
+        assert all(w.device == ("cpu" if device == "cpu" else "cuda:0") for w in model.trainable_weights)
+        runs[device] = (h, model.predict(X, verbose=0), model.evaluate(X, y, verbose=0, return_dict=True))
+    (hc, pc, ec), (hg, pg, eg) = runs["cpu"], runs["cuda"]
+    assert isinstance(pg, np.ndarray) and not isinstance(pg, cp.ndarray)     # predict returns host arrays
+    for k in hc:
+        np.testing.assert_allclose(hg[k], hc[k], atol=1e-4, err_msg=k)
+    np.testing.assert_allclose(pg, pc, atol=1e-5)
+    assert eg.keys() == ec.keys() and all(abs(eg[k] - ec[k]) < 1e-4 for k in ec)
+
+
+def test_command_line_train_on_cuda_matches_cpu(cp, tmp_path):
+    from neuralbook import cli
+    res = {d: cli.train("iris", epochs=3, device=d, out=tmp_path / d, quiet=True, print_fn=lambda *a: None)
+           for d in ("cpu", "cuda")}
+    np.testing.assert_allclose(res["cuda"]["history"]["loss"], res["cpu"]["history"]["loss"], atol=1e-4)
+    assert res["cuda"]["accuracy"] == res["cpu"]["accuracy"] and (res["cuda"]["confusion_matrix"] == res["cpu"]["confusion_matrix"]).all()
+    assert (tmp_path / "cuda" / "model.safetensors").exists()
