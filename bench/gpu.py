@@ -7,6 +7,8 @@ torch (it is left empty otherwise).
     python bench/gpu.py --quick          # 3 rounds instead of 9
     python bench/gpu.py --only adam      # workloads whose name contains 'adam'
     python bench/gpu.py --tf32           # allow TF32 matrix products in both libraries (default: off in both)
+    python bench/gpu.py --smoke          # tiny sizes, one round: checks the script itself (CI runs it on the
+                                         # emulated GPU of chapter 12b; its timings mean nothing)
 
 Method: each workload is warmed up (kernels compile on first use), then timed in rounds that alternate the two
 contenders (which one goes first alternates too); each timing runs the step enough times to last ~50 ms and ends
@@ -36,8 +38,7 @@ from neuralbook.backend import KERNELS  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------ timing
 def _sync():
-    import cupy
-    cupy.cuda.Device().synchronize()
+    nb.backend.cupy_or_none().cuda.Device().synchronize()
     if _torch_cuda():
         import torch
         torch.cuda.synchronize()
@@ -74,10 +75,13 @@ def compare(a, b, rounds, warmup=3, target=0.05):
     return statistics.median(ta), (statistics.median(tb) if tb else None)
 
 
+SMOKE = dict(warmup=1, target=0.0)      # --smoke: each contender runs a few times, the timings mean nothing
+
+
 # ------------------------------------------------------------------------------------------ kernels: fused vs not
-def kernel_workloads(cp):
+def kernel_workloads(cp, smoke=False):
     """name -> (fused(), unfused(), check()) on CuPy arrays. The first three names are those of chapter 12's
-    bytes-moved model, so the chapter's figure can put measurement beside prediction."""
+    bytes-moved model, so the chapter's figure can put measurement beside prediction. `smoke`: tiny sizes."""
     rng = np.random.default_rng(0)
     f32 = np.float32
 
@@ -97,7 +101,7 @@ def kernel_workloads(cp):
                                            err_msg=f"{name}: the fused kernel disagrees with the unfused code")
         return fused, unfused, check
 
-    M = N = 4096
+    M = N = 64 if smoke else 4096
     z, b, gy = g(M, N), g(N), g(M, N)
     y = CU.bias_act_fwd(z, b, "relu")
     w = {}
@@ -108,23 +112,25 @@ def kernel_workloads(cp):
     w["Adam"] = pair("adam_update", p, gr, m, v, None, 10, 1e-3, 0.9, 0.999, 1e-8, 0.01, True, False, inplace=True)
     buf = cp.zeros(n, f32)
     w["SGD momentum"] = pair("sgd_update", p, gr, buf, 0.01, 0.9, 0.0, 0.0, False, False, False, inplace=True)
-    x, t = g(4096, 1000, scale=5), cp.asarray(rng.integers(0, 1000, 4096))
+    R, C = (32, 100) if smoke else (4096, 1000)
+    x, t = g(R, C, scale=5), cp.asarray(rng.integers(0, C, R))
     _, prob = CU.TWINS["softmax_cross_entropy_fwd"](x, t, None, -100, 0.0)
     w["softmax cross-entropy forward"] = pair("softmax_cross_entropy_fwd", x, t, None, -100, 0.1)
-    w["softmax cross-entropy backward"] = pair("softmax_cross_entropy_bwd", prob, t, None, g(4096), -100, 0.1)
+    w["softmax cross-entropy backward"] = pair("softmax_cross_entropy_bwd", prob, t, None, g(R), -100, 0.1)
     u = cp.asarray(rng.uniform(size=(M, N)).astype(f32))
     w["dropout"] = pair("dropout_mask_apply", z, u, 0.5)
-    img = cp.ascontiguousarray(g(64, 64, 56, 56).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)  # batch-innermost
+    B, Ch, S = (4, 3, 8) if smoke else (64, 64, 56)
+    img = cp.ascontiguousarray(g(B, Ch, S, S).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)  # batch-innermost
     geom = ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     cols = CU.TWINS["im2col"](img, *geom)
     w["im2col"] = pair("im2col", img, *geom)
     w["col2im"] = pair("col2im", cols, img.shape, *geom)
     pool = ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))
-    yp = CU.TWINS["maxpool2d_fwd"](img, *pool, (28, 28))
-    w["max_pool2d forward"] = pair("maxpool2d_fwd", img, *pool, (28, 28))
+    yp = CU.TWINS["maxpool2d_fwd"](img, *pool, (S // 2, S // 2))
+    w["max_pool2d forward"] = pair("maxpool2d_fwd", img, *pool, (S // 2, S // 2))
     w["max_pool2d backward"] = pair("maxpool2d_bwd", img, yp, g(*yp.shape), *pool)
     w["batch-norm statistics"] = pair("batchnorm_stats", img, (0, 2, 3))
-    w["layer-norm statistics"] = pair("batchnorm_stats", g(8192, 1024), (1,))
+    w["layer-norm statistics"] = pair("batchnorm_stats", g(*((16, 64) if smoke else (8192, 1024))), (1,))
     return w
 
 
@@ -155,14 +161,15 @@ def _torch_step(model, opt, X, y):
     return step
 
 
-def training_workloads():
+def training_workloads(smoke=False):
     "name -> list of (label, builder of a step function) with labels 'neuralbook', 'neuralbook fused', 'pytorch'."
     Conv2d = getattr(nn, "Conv2d", conv.Conv2d)
     MaxPool2d = getattr(nn, "MaxPool2d", conv.MaxPool2d)
     rng = np.random.default_rng(1)
-    B, D, H, K = 4096, 4096, 4096, 10
+    B, D, H, K = (32, 16, 32, 10) if smoke else (4096, 4096, 4096, 10)
+    NC = 8 if smoke else 256
     Xm, ym = rng.standard_normal((B, D)).astype(np.float32), rng.integers(0, K, B)
-    Xc, yc = rng.standard_normal((256, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 256)
+    Xc, yc = rng.standard_normal((NC, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, NC)
 
     def nb_mlp(fused):
         def build():
@@ -230,14 +237,15 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="3 rounds instead of 9")
     ap.add_argument("--only", help="only workloads whose name contains this (case-insensitive)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matrix products in both libraries")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes and one round: a check of the script, no timing")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
     if not nb.cuda_is_available():
         try: nb.tensor([0.0], device="cuda")
         except nb.DeviceError as e: print(f"bench/gpu.py needs a GPU: {e}")
         return 2
-    import cupy as cp
-    rounds = 3 if args.quick else 9
+    cp = nb.backend.cupy_or_none()          # CuPy (or, under chapter 12b's emulated_gpu(), its stand-in)
+    rounds = 1 if args.smoke else 3 if args.quick else 9
     CU.set_tf32(args.tf32)
     torch_version = None
     if _torch_cuda():
@@ -250,20 +258,20 @@ def main(argv=None):
                    numpy=np.__version__, python=platform.python_version(), kernels={}, training={})
     want = (lambda s: args.only is None or args.only.lower() in s.lower())
 
-    for k, (fused, unfused, check) in kernel_workloads(cp).items():
+    for k, (fused, unfused, check) in kernel_workloads(cp, args.smoke).items():
         if not want(k): continue
         check()
-        tf, tu = compare(fused, unfused, rounds)
+        tf, tu = compare(fused, unfused, rounds, **SMOKE if args.smoke else {})
         results["kernels"][k] = dict(fused_ms=tf * 1e3, unfused_ms=tu * 1e3, speedup=tu / tf)
         print(f"{k:34s} fused {tf * 1e3:8.3f} ms   unfused {tu * 1e3:8.3f} ms   {tu / tf:5.2f}x", flush=True)
 
-    for k, contenders in training_workloads().items():
+    for k, contenders in training_workloads(args.smoke).items():
         if not want(k): continue
         steps = {label: build() for label, build in contenders if label != "pytorch" or torch_version}
         ours = [l for l in steps if l != "pytorch"]
         row = {}
         for label in ours:
-            a, b = compare(steps[label], steps.get("pytorch"), rounds)
+            a, b = compare(steps[label], steps.get("pytorch"), rounds, **SMOKE if args.smoke else {})
             row[label] = a * 1e3
             if b is not None: row["pytorch"] = b * 1e3
         results["training"][k] = row

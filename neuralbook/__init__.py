@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #8ff2f994
+# %% ../nbs/99_package.ipynb #a7643fed
 __version__ = "0.1.0"
 
 from .backend import (DeviceError, Generator, cuda_is_available, get_array_module, get_default_dtype,
@@ -22,8 +22,9 @@ from .learner import Learner, Callback
 from . import keras, keras_conv, finetune  # keras_conv hangs Conv2D, MaxPooling2D … on keras.layers
 from . import cuda  # last: registers the GPU twins of every kernel above (imports no CuPy by itself)
 from . import cuda_emu  # chapter 12b: the CUDA kernels on the CPU (nb.cuda_emu.emulated_gpu())
+from . import amp  # chapter 12c: nb.amp.autocast(), nb.amp.GradScaler
 
-# %% ../nbs/99_package.ipynb #cc84d451
+# %% ../nbs/99_package.ipynb #2d7d77ad
 def _attach(namespace, module, names):
     for name in names: setattr(namespace, name, getattr(module, name))
 

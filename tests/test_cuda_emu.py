@@ -351,3 +351,23 @@ def test_the_device_error_names_both_devices_on_the_emulated_gpu():
         with pytest.raises(RuntimeError, match="cpu and cuda:0|cuda:0 and cpu"):
             a + b
         assert (a.to("cpu") + b).device == "cpu"
+
+
+def test_the_gpu_benchmark_script_runs_end_to_end_on_the_emulated_gpu(tmp_path, capsys):
+    # bench/gpu.py only runs where a GPU is; its --smoke mode checks the script itself here (timings mean nothing)
+    import importlib.util
+    import json
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_gpu", Path(__file__).resolve().parents[1] / "bench" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--smoke", "--out", str(tmp_path)]) == 2             # no GPU: a clear message, exit 2
+    assert "needs a GPU" in capsys.readouterr().out
+    with E.emulated_gpu(max_blocks=3):
+        assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    assert res["device"] == "emulated GPU (neuralbook.cuda_emu)" and res["cupy"] == "emulated"
+    assert len(res["kernels"]) == 13 and all(r["fused_ms"] > 0 for r in res["kernels"].values())
+    assert len(res["training"]) == 2 and all(r["neuralbook"] > 0 for r in res["training"].values())
+    assert "neuralbook fused" in next(r for k, r in res["training"].items() if k.startswith("MLP"))
+    assert "| fused kernel |" in (tmp_path / "gpu.md").read_text()

@@ -568,3 +568,28 @@ def test_command_line_train_on_cuda_matches_cpu(cp, tmp_path):
     np.testing.assert_allclose(res["cuda"]["history"]["loss"], res["cpu"]["history"]["loss"], atol=1e-4)
     assert res["cuda"]["accuracy"] == res["cpu"]["accuracy"] and (res["cuda"]["confusion_matrix"] == res["cpu"]["confusion_matrix"]).all()
     assert (tmp_path / "cuda" / "model.safetensors").exists()
+
+
+def test_mixed_precision_training_on_cuda_matches_cpu(cp):
+    from neuralbook.amp import GradScaler, autocast
+    rng = np.random.default_rng(15)
+    X, y = rng.standard_normal((128, 20)).astype(np.float32), rng.integers(0, 5, 128)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = _mlp(True).to(device)
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+        scaler = GradScaler(init_scale=2.0 ** 12, growth_interval=2)
+        out = []
+        for _ in range(5):
+            opt.zero_grad()
+            with autocast():
+                logits = model(nb.tensor(X, device=device))
+                loss = losses.cross_entropy(logits, nb.tensor(y, device=device))
+            assert logits.dtype == np.float16 and loss.dtype == np.float32 and logits.device == loss.device
+            scaler.scale(loss).backward()
+            scaler.step(opt); scaler.update()
+            out.append(loss.item())
+        assert all(p.grad.dtype == np.float32 for p in model.parameters())
+        runs[device] = (np.array(out), scaler.get_scale())
+    np.testing.assert_allclose(runs["cuda"][0], runs["cpu"][0], atol=2e-3)   # float16 rounding, summed differently
+    assert runs["cuda"][1] == runs["cpu"][1] == 2.0 ** 14
