@@ -239,3 +239,67 @@ def test_mixed_precision_training_reaches_float32_accuracy():
         with nb.no_grad(), autocast(enabled=amp):
             accs[amp] = float((model(nb.tensor(Xte)).numpy().argmax(1) == yte).mean())
     assert accs[True] >= 0.93 and abs(accs[True] - accs[False]) <= 0.02, accs
+
+
+# ----------------------------------------------------------------------------------- the Learner callback
+def _learner_and_data(cbs, seed=0):
+    from neuralbook.data import DataLoader, TensorDataset
+    from neuralbook.learner import Learner
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((96, 12)).astype(np.float32), rng.integers(0, 4, 96)
+    nb.manual_seed(seed)
+    model = nb.nn.Sequential(nb.nn.Linear(12, 32), nb.nn.ReLU(), nb.nn.Linear(32, 4))
+    dl = DataLoader(TensorDataset(X, y), batch_size=32, shuffle=True, seed=0)
+    return Learner(model, F.cross_entropy, lambda ps: nb.optim.Adam(ps, lr=1e-2), dl, callbacks=cbs), X, y
+
+
+def test_mixed_precision_callback_equals_the_hand_written_loop():
+    from neuralbook.amp import MixedPrecision
+    from neuralbook.data import DataLoader, TensorDataset
+    learn, X, y = _learner_and_data([MixedPrecision(init_scale=2.0 ** 8, growth_interval=2)])
+    learn.fit(3)
+    # the same steps written out
+    nb.manual_seed(0)
+    model = nb.nn.Sequential(nb.nn.Linear(12, 32), nb.nn.ReLU(), nb.nn.Linear(32, 4))
+    opt = nb.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = GradScaler(init_scale=2.0 ** 8, growth_interval=2)
+    losses_, dl = [], DataLoader(TensorDataset(X, y), batch_size=32, shuffle=True, seed=0)
+    for _ in range(3):
+        for xb, yb in dl:
+            with autocast():
+                loss = F.cross_entropy(model(xb), yb)
+            losses_.append(loss.item())
+            scaler.scale(loss).backward()
+            scaler.step(opt); scaler.update(); opt.zero_grad()
+    np.testing.assert_array_equal(learn.recorder.losses, losses_)        # recorded unscaled, bit for bit
+    assert learn.mixed_precision.scaler.get_scale() == scaler.get_scale() == 2.0 ** 8 * 2 ** 4
+    for p, q in zip(learn.model.parameters(), model.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+        assert p.dtype == np.float32
+    assert not is_autocast_enabled()
+
+
+def test_mixed_precision_callback_skips_an_overflowing_step():
+    from neuralbook.amp import MixedPrecision
+    from neuralbook.learner import Callback
+
+    class Overflow(Callback):
+        order = -20                                   # before MixedPrecision's before_step
+        def after_backward(self):
+            if self.learn.iter == 1:                   # the second batch (train_iter stays put on a skip)
+                p = next(iter(self.learn.model.parameters()))
+                (p.grad.data if isinstance(p.grad, nb.Tensor) else p.grad)[0, 0] = np.inf
+                self.before = [q.numpy().copy() for q in self.learn.model.parameters()]
+
+    class Watch(Callback):
+        def after_step(self):
+            if hasattr(self.learn.overflow, "before") and not hasattr(self, "checked"):
+                self.checked = True
+                for q, b in zip(self.learn.model.parameters(), self.learn.overflow.before):
+                    np.testing.assert_array_equal(q.numpy(), b)          # the step was skipped
+
+    mp = MixedPrecision(init_scale=1024.0)
+    learn, _, _ = _learner_and_data([Overflow(), mp, Watch()])
+    learn.fit(1)
+    assert learn.watch.checked and mp.scaler.get_scale() == 512.0
+    assert all(np.isfinite(q.numpy()).all() for q in learn.model.parameters())
