@@ -304,6 +304,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'neuralbook.cuda_emu._DeviceNamespace.__init__': ( 'cuda_emu.html#_devicenamespace.__init__',
                                                                                         'neuralbook/cuda_emu.py'),
                                      'neuralbook.cuda_emu._cache_dir': ('cuda_emu.html#_cache_dir', 'neuralbook/cuda_emu.py'),
+                                     'neuralbook.cuda_emu._check_schedule': ('cuda_emu.html#_check_schedule', 'neuralbook/cuda_emu.py'),
                                      'neuralbook.cuda_emu._fake_cupyx': ('cuda_emu.html#_fake_cupyx', 'neuralbook/cuda_emu.py'),
                                      'neuralbook.cuda_emu._guarded': ('cuda_emu.html#_guarded', 'neuralbook/cuda_emu.py'),
                                      'neuralbook.cuda_emu._is_host': ('cuda_emu.html#_is_host', 'neuralbook/cuda_emu.py'),

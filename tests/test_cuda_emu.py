@@ -2,7 +2,7 @@
 
 The GPU suite (tests/test_gpu.py) runs on the emulated device; these tests make sure that device is worth trusting:
 shuffles, barriers and atomics behave as CUDA defines them, every kind of bug the chapter lists is reported, the
-twins give bit-identical results under the forward and the reverse schedule, and NumPy posing as CuPy is as strict
+twins give bit-identical results under the forward, reverse and random schedules, and NumPy posing as CuPy is as strict
 as CuPy about host arrays.
 """
 import os
@@ -74,7 +74,7 @@ extern "C" __global__ void reduce(const T* x, T* s, T* m, long long n) {
 
 
 @pytest.mark.parametrize("threads", [32, 64, 256, 1024])
-@pytest.mark.parametrize("schedule", ["forward", "reverse"])
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
 def test_block_reductions_and_barriers(threads, schedule):
     x = np.random.default_rng(1).integers(-50, 50, (4, 1000)).astype(np.float64)
     s, m = np.zeros(4), np.zeros(4)
@@ -154,7 +154,7 @@ def test_a_divergent_barrier_is_a_reported_deadlock():
         run(code, "k", (1,), (64,), (np.zeros(1, np.float32),))
 
 
-def test_a_missing_barrier_shows_as_a_schedule_dependent_result():
+def test_reading_shared_memory_before_it_is_written_reads_nan():
     racy = CU.COMMON.replace("  if (lane == 0) shm[warp] = v;\n  __syncthreads();", "  if (lane == 0) shm[warp] = v;")
     assert racy != CU.COMMON
     code = racy + r"""extern "C" __global__ void total(const T* x, T* s, long long n) {
@@ -162,17 +162,38 @@ def test_a_missing_barrier_shows_as_a_schedule_dependent_result():
       T v = T(0);
       for (long long i = threadIdx.x; i < n; i += blockDim.x) v += x[i];
       v = block_sum(v, shm);
-      if (threadIdx.x == 0) s[0] = v;
+      if (threadIdx.x == 0) s[blockIdx.x] = v;
     }"""
     x = np.arange(1000, dtype=np.float32)
-    sums = []
-    for schedule in ("forward", "reverse"):
+    for schedule in E.SCHEDULES:
         m = E.EmulatedModule("typedef float T;\n" + code)
         m.schedule = schedule
-        s = np.zeros(1, np.float32)
-        m.get_function("total")((1,), (256,), (x, s, np.int64(1000)))
-        sums.append(s[0])
-    assert sums[0] != sums[1]
+        s = np.zeros(2, np.float32)
+        m.get_function("total")((2,), (256,), (x, s, np.int64(1000)))
+        assert np.isnan(s).all(), schedule                 # poisoned again for the second block too
+
+
+RACE = r"""extern "C" __global__ void race(int* out) {
+  __shared__ int flag[1];
+  if (threadIdx.x == 0) flag[0] = 0;
+  __syncthreads();
+  if (threadIdx.x == 5) flag[0] = 1;                     // no barrier between this write and the reads
+  out[threadIdx.x] = flag[0];
+}"""
+
+
+def test_a_race_shows_as_a_schedule_dependent_result():
+    outs = {}
+    for schedule, seed in (("forward", 0), ("reverse", 0), ("random", 1), ("random", 2)):
+        m = module(RACE)
+        m.schedule, m.seed = schedule, seed
+        out = np.zeros(32, np.int32)
+        m.get_function("race")((1,), (32,), (out,))
+        outs[schedule, seed] = out
+    # the last thread to reach the barrier releases it and runs on at once: it reads before thread 5 writes
+    assert outs["forward", 0].tolist() == [0] * 5 + [1] * 26 + [0]
+    assert outs["reverse", 0].tolist() == [0] + [1] * 5 + [0] * 26
+    assert len({tuple(o) for o in outs.values()}) == 4                # every schedule sees another interleaving
 
 
 def test_shuffles_need_the_full_mask_and_whole_warps():
@@ -277,7 +298,7 @@ def _twin_cases(dt):
 
 def _run_all(schedule, max_blocks, dt):
     outs = []
-    with E.emulated_gpu(schedule=schedule, max_blocks=max_blocks) as cp:
+    with E.emulated_gpu(schedule=schedule, max_blocks=max_blocks, seed=7) as cp:
         for name, args in _twin_cases(dt):
             dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
             out = KERNELS[name](*dev)
@@ -289,16 +310,18 @@ def _run_all(schedule, max_blocks, dt):
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_twins_give_bit_identical_results_under_every_schedule(dt):
-    # a race (a missing barrier, an atomicAdd whose order matters) shows as a difference between the two schedules;
+    # a race (a missing barrier, an atomicAdd whose order matters) shows as a difference between the schedules;
     # a different grid may legitimately change how a reduction is split into partial sums, so that is compared
     # to rounding only
     names = [n for n, _ in _twin_cases(dt)] + ["splitmix_uniform"]
     full = {}
     for max_blocks in (None, 3):
-        fwd, rev = _run_all("forward", max_blocks, dt), _run_all("reverse", max_blocks, dt)
-        for name, a, b in zip(names, fwd, rev):
-            for u, v in zip(a, b):
-                np.testing.assert_array_equal(u, v, err_msg=f"{name}: forward vs reverse, max_blocks={max_blocks}")
+        fwd = _run_all("forward", max_blocks, dt)
+        for schedule in ("reverse", "random"):
+            other = _run_all(schedule, max_blocks, dt)
+            for name, a, b in zip(names, fwd, other):
+                for u, v in zip(a, b):
+                    np.testing.assert_array_equal(u, v, err_msg=f"{name}: forward vs {schedule}, max_blocks={max_blocks}")
         full[max_blocks] = fwd
     tol = dict(rtol=1e-5, atol=1e-5) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
     for name, a, b in zip(names, full[None], full[3]):
@@ -336,8 +359,8 @@ def test_emulated_gpu_restores_everything(monkeypatch):
             1 / 0
     assert (B._cupy, B._cupy_error, dict(CU._MODULES), CU.MAX_BLOCKS, CU.COLUMN_BLOCKS,
             sys.modules.get("cupyx")) == before
-    with pytest.raises(ValueError, match="schedule must be 'forward' or 'reverse', got 'random'"):
-        with E.emulated_gpu(schedule="random"): pass
+    with pytest.raises(ValueError, match="schedule must be one of .'forward', 'reverse', 'random'., got 'backward'"):
+        with E.emulated_gpu(schedule="backward"): pass
     monkeypatch.setattr(E, "compiler", lambda: None)
     with pytest.raises(B.DeviceError, match="needs a C\\+\\+ compiler"):
         with E.emulated_gpu(): pass
