@@ -303,3 +303,53 @@ def test_mixed_precision_callback_skips_an_overflowing_step():
     learn.fit(1)
     assert learn.watch.checked and mp.scaler.get_scale() == 512.0
     assert all(np.isfinite(q.numpy()).all() for q in learn.model.parameters())
+
+
+# ------------------------------------------------------------------------------------------- Keras policy
+def test_keras_policy_api():
+    from neuralbook import keras
+    P = keras.mixed_precision.Policy
+    assert (P("mixed_float16").compute_dtype, P("mixed_float16").variable_dtype) == ("float16", "float32")
+    assert P("float32").compute_dtype == "float32" and repr(P("float32")) == '<DTypePolicy "float32">'
+    for bad in ("mixed_bfloat16", "float16", "fp16"):
+        with pytest.raises(ValueError, match=f"{bad!r} is not supported; use 'float32' or 'mixed_float16'"):
+            P(bad)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        assert keras.mixed_precision.global_policy() == P("mixed_float16")
+    finally:
+        keras.mixed_precision.set_global_policy(None)
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def _keras_run(policy, epochs=3):
+    from neuralbook import keras
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((160, 10)).astype(np.float32), rng.integers(0, 3, 160)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3)])
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    h1 = model.fit(X, y, epochs=epochs, batch_size=32, verbose=0).history
+    h2 = model.fit(X, y, epochs=1, batch_size=32, verbose=0).history
+    return model, h1, h2, model.evaluate(X, y, verbose=0, return_dict=True), model.predict(X[:4], verbose=0)
+
+
+def test_keras_mixed_float16_trains_like_float32():
+    m32, h32, _, e32, p32 = _keras_run("float32")
+    m16, h16, _, e16, p16 = _keras_run("mixed_float16")
+    assert m16._policy.name == "mixed_float16" and m32._policy.name == "float32"
+    np.testing.assert_allclose(h16["loss"], h32["loss"], atol=5e-3)
+    assert abs(e16["loss"] - e32["loss"]) < 5e-3
+    assert p32.dtype == np.float32 and p16.dtype == np.float16               # logits computed in float16
+    np.testing.assert_allclose(p16.astype(np.float32), p32, atol=2e-2)
+    assert all(w.dtype == np.float32 for w in m16.weights)
+    cb = m16._policy_cb                                                      # one scaler across both fits
+    assert cb.scaler is not None and cb.scaler.get_scale() == 2.0 ** 16
+    assert not is_autocast_enabled()
