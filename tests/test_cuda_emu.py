@@ -258,6 +258,18 @@ def test_compiled_libraries_are_cached(monkeypatch):
     module(FILL).get_function("fill")((1,), (32,), (np.zeros(3, np.float32), np.int64(0), np.int64(3)))
 
 
+def test_the_kernel_cache_must_be_private(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("NEURALBOOK_EMU_CACHE", str(shared))
+    with pytest.raises(PermissionError, match="is not this user's alone .* mode 0o777"):
+        E.compile_emulated("typedef float T;\n" + CU.COMMON + FILL)
+    monkeypatch.setenv("NEURALBOOK_EMU_CACHE", str(tmp_path / "mine"))
+    E.compile_emulated("typedef float T;\n" + CU.COMMON + FILL)
+    assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700 and list((tmp_path / "mine").glob("*.so"))
+
+
 def test_kernel_params_parses_declarations():
     code = CU.SOURCES["dropout"].render("double", "float")
     ps = E.kernel_params(code, "dropout_mask_apply")
