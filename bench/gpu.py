@@ -7,8 +7,8 @@ torch (it is left empty otherwise).
     python bench/gpu.py --quick          # 3 rounds instead of 9
     python bench/gpu.py --only adam      # workloads whose name contains 'adam'
     python bench/gpu.py --tf32           # allow TF32 matrix products in both libraries (default: off in both)
-    python bench/gpu.py --smoke          # tiny sizes, one round: checks the script itself (CI runs it on the
-                                         # emulated GPU of chapter 12b; its timings mean nothing)
+    python bench/gpu.py --smoke --emulated   # tiny sizes, one round, on chapter 12b's emulated GPU: checks the
+                                             # script itself without a GPU (the timings mean nothing)
 
 Method: each workload is warmed up (kernels compile on first use), then timed in rounds that alternate the two
 contenders (which one goes first alternates too); each timing runs the step enough times to last ~50 ms and ends
@@ -238,8 +238,18 @@ def main(argv=None):
     ap.add_argument("--only", help="only workloads whose name contains this (case-insensitive)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matrix products in both libraries")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and one round: a check of the script, no timing")
+    ap.add_argument("--emulated", action="store_true", help="run on chapter 12b's emulated GPU (with --smoke)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    if args.emulated:
+        if not args.smoke: ap.error("--emulated runs CUDA threads as CPU fibers: use it with --smoke")
+        from neuralbook.cuda_emu import emulated_gpu
+        with emulated_gpu(max_blocks=3):
+            return run(args)
+    return run(args)
+
+
+def run(args):
     if not nb.cuda_is_available():
         try: nb.tensor([0.0], device="cuda")
         except nb.DeviceError as e: print(f"bench/gpu.py needs a GPU: {e}")

@@ -398,8 +398,8 @@ def test_the_gpu_benchmark_script_runs_end_to_end_on_the_emulated_gpu(tmp_path, 
     spec.loader.exec_module(bench)
     assert bench.main(["--smoke", "--out", str(tmp_path)]) == 2             # no GPU: a clear message, exit 2
     assert "needs a GPU" in capsys.readouterr().out
-    with E.emulated_gpu(max_blocks=3):
-        assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--smoke", "--emulated", "--out", str(tmp_path)]) == 0
+    assert not E.is_emulated(B._cupy)                                         # the emulated GPU is gone again
     res = json.loads((tmp_path / "gpu.json").read_text())
     assert res["device"] == "emulated GPU (neuralbook.cuda_emu)" and res["cupy"] == "emulated"
     assert len(res["kernels"]) == 13 and all(r["fused_ms"] > 0 for r in res["kernels"].values())
