@@ -539,3 +539,49 @@ def test_gpu_matches_cpu(cls, kw):
             if isinstance(sd_cpu["state"][i][k], np.ndarray):
                 assert isinstance(v, np.ndarray)  # saved state always comes back as NumPy
                 np.testing.assert_allclose(v, sd_cpu["state"][i][k], atol=1e-10, rtol=0)
+
+
+# ------------------------------------------------------------------ Adam's one-call path for small groups
+@pytest.mark.parametrize("opts", [dict(), dict(amsgrad=True), dict(maximize=True, weight_decay=0.1),
+                                  dict(weight_decay=0.05, decoupled_weight_decay=True),
+                                  dict(amsgrad=True, maximize=True, weight_decay=0.02)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_foreach_path_is_bitwise_the_per_parameter_update(opts, dtype, monkeypatch):
+    from neuralbook.optim import Adam
+    rng = np.random.default_rng(0)
+    shapes = [(5, 3), (3,), (2, 2, 2), (7,)]
+    init = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(6)]
+
+    def run(foreach):
+        monkeypatch.setattr(Adam, "FOREACH_MAX", 1 << 16 if foreach else 0)
+        ps = [nb.tensor(a.copy(), requires_grad=True) for a in init]
+        opt = Adam(ps, lr=0.01, **opts)
+        for k, gs in enumerate(grads):
+            for i, (p, g) in enumerate(zip(ps, gs)):
+                p.grad = None if (k == 3 and i == 1) else nb.tensor(g)      # one parameter sits out a step
+            opt.step()
+            if k == 4:                                                      # save and resume half-way
+                sd = opt.state_dict()
+                opt = Adam(ps, lr=0.01, **opts)
+                opt.load_state_dict(sd)
+        return [p.numpy() for p in ps], opt.state_dict()
+
+    (pf, sf), (pp, sp) = run(True), run(False)
+    for a, b in zip(pf, pp):
+        np.testing.assert_array_equal(a, b)
+    for j in sp["state"]:
+        for k, v in sp["state"][j].items():
+            np.testing.assert_array_equal(np.asarray(sf["state"][j][k]), np.asarray(v), err_msg=f"{j} {k}")
+
+
+def test_adam_foreach_state_is_views_into_flat_buffers():
+    from neuralbook.optim import Adam
+    ps = [nb.tensor(np.ones((3, 2), np.float32), requires_grad=True), nb.tensor(np.ones(4, np.float32), requires_grad=True)]
+    opt = Adam(ps, lr=0.1)
+    for p in ps: p.grad = nb.tensor(np.full(p.shape, 0.5, np.float32))
+    opt.step()
+    flat = next(iter(opt._flat.values()))
+    assert flat.m.shape == (10,) and np.shares_memory(opt.state[ps[0]]["exp_avg"], flat.m)
+    assert opt.state[ps[1]]["exp_avg_sq"].shape == (4,)
+    np.testing.assert_allclose(ps[0].numpy(), 1 - 0.1, rtol=1e-6)                # Adam's first step has length lr
