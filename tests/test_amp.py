@@ -353,3 +353,15 @@ def test_keras_mixed_float16_trains_like_float32():
     cb = m16._policy_cb                                                      # one scaler across both fits
     assert cb.scaler is not None and cb.scaler.get_scale() == 2.0 ** 16
     assert not is_autocast_enabled()
+
+
+def test_learner_to_fp16_and_back():
+    from neuralbook.amp import MixedPrecision
+    learn, _, _ = _learner_and_data([])
+    assert learn.to_fp16(init_scale=512.0) is learn and learn.to_fp16() is learn     # never two callbacks
+    mps = [c for c in learn.cbs if isinstance(c, MixedPrecision)]
+    assert len(mps) == 1 and learn.mixed_precision is mps[0]
+    learn.fit(1)
+    assert mps[0].scaler.get_scale() == 2.0 ** 16 and len(learn.recorder.losses) == 3
+    assert learn.to_fp32() is learn and not any(isinstance(c, MixedPrecision) for c in learn.cbs)
+    assert not hasattr(learn, "mixed_precision")
