@@ -182,6 +182,22 @@ def iris_fit_vs_keras3():
 
 WORKLOADS = {"chain20_ops": chain20, "mlp_784_256_256_10": mlp_784_256_256_10, "mlp_4_10_3": mlp_4_10_3,
              "lenet_cnn": lenet_cnn, "iris_fit_step": iris_fit_step, "iris_fit_vs_keras3": iris_fit_vs_keras3}
+MEMORY = {"lenet_cnn"}  # workloads whose peak memory is measured too (1 thread)
+
+
+def _load_workload_modules():
+    """Each `bench/wl_*.py` adds its own `WORKLOADS` (name -> function returning (ours, theirs)) and `MEMORY` (names
+    whose peak memory is measured), so that a chapter's benchmarks live beside each other, not in this file."""
+    import importlib.util
+    for path in sorted(Path(__file__).parent.glob("wl_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        WORKLOADS.update(getattr(mod, "WORKLOADS", {}))
+        MEMORY.update(getattr(mod, "MEMORY", ()))
+
+
+_load_workload_modules()
 
 
 # ---------------------------------------------------------------- measurement
@@ -282,7 +298,7 @@ def main():
                     continue
                 row = {"name": name, "threads": nt, "ours_ms": to * 1e3, "ref_ms": tt * 1e3, "ratio": to / tt,
                        "doc": make.__doc__}
-                if name == "lenet_cnn" and nt == 1:
+                if name in MEMORY and nt == 1:
                     row["ours_peak_bytes"] = peak_memory_ours(ours)
                     row["torch_peak_bytes"] = peak_memory_torch(theirs)
                     row["memory_ratio"] = row["ours_peak_bytes"] / max(row["torch_peak_bytes"], 1)
