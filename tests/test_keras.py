@@ -137,14 +137,26 @@ def test_tutorial_computes_exactly_what_keras_computes():
     assert loss == pytest.approx(t_loss, abs=2e-4) and acc == t_acc
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the tutorial's recipe (300 Adam steps at 1e-3 on unscaled iris) is under-trained and not reliably >= 0.9: "
-    "PyTorch gives the same numbers for the same weights and shuffles (test above); 7 of 12 seeds reach 0.9, the "
-    "default seed 0 gives 0.8667. Real Keras 3 (torch backend, keras.utils.set_random_seed(0..11)) reaches 0.9 in only "
-    "5 of 12 seeds. See chapter 10, 'How reliable is the tutorial?'"))
-def test_tutorial_reaches_090_with_the_default_seed():
-    ns, _ = _run_tutorial(seed=0)
-    assert ns["accuracy"] >= 0.9
+def test_tutorial_is_at_least_as_good_as_keras_3_over_seeds():
+    """The program verbatim (only the import changed), seeded with `keras.utils.set_random_seed(s)` for s in 0..11.
+    Its recipe (300 Adam steps at 1e-3 on unscaled iris) is under-trained, so single seeds vary; the acceptance is
+    Keras 3's own record over the same seeds (torch backend: 5 of 12 reach 0.9, median 0.883): at least 5 of 12
+    runs reach >= 0.9 test accuracy and the median is >= 0.88."""
+    import contextlib
+    import io
+    src = PROGRAM.replace("import neuralbook as tf",
+                          "import neuralbook as tf; tf.keras = __import__('neuralbook.keras').keras")
+    accs = []
+    for seed in range(12):
+        keras.utils.set_random_seed(seed)
+        keras.backend.clear_session()
+        ns = {}
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            exec(compile(src, "tutorial", "exec"), ns)
+        assert RESULT.search(out.getvalue())
+        accs.append(ns["accuracy"])
+    reached = sum(a >= 0.9 for a in accs)
+    assert reached >= 5 and np.median(accs) >= 0.88, [round(a, 4) for a in accs]
 
 
 def test_tutorial_with_a_larger_learning_rate_is_reliable():
