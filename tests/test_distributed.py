@@ -1,0 +1,168 @@
+"Data-parallel training (chapter 22): multi-rank runs under mpiexec, compared with one process."
+import os, shutil, subprocess, sys, json, textwrap
+from pathlib import Path
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpich mpi4py)")
+MPIEXEC = shutil.which("mpiexec") or (str(Path(sys.executable).parent / "mpiexec")
+                                      if (Path(sys.executable).parent / "mpiexec").exists() else None)
+if MPIEXEC is None: pytest.skip("mpiexec not found (pip install mpich)", allow_module_level=True)
+ROOT = Path(__file__).resolve().parents[1]
+
+from neuralbook.distributed import DistributedSampler, _buckets, init, SelfComm
+
+def launch(tmp_path, n, body, timeout=60, args=()):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, str(script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
+
+TRAIN = """
+import sys, json, numpy as np
+from functools import partial
+import neuralbook as nb, neuralbook.functional as F
+from neuralbook import nn
+from neuralbook.learner import Learner, GradientClipping
+from neuralbook.optim import SGD, Adam
+import neuralbook.distributed as dist
+opt_name, clip, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+c = dist.init()
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(48, 6)), rng.integers(0, 3, 48)
+nb.manual_seed(c.rank + 1)                       # different inits: the broadcast must fix them
+m = nn.Sequential(nn.Linear(6, 16), nn.Linear(16, 3))
+for p in m.parameters(): p.data = p.data.astype(np.float64)
+if c.size > 1:
+    # rank r holds rows r::p of every global batch of 12
+    idx = np.concatenate([np.arange(b, b + 12)[c.rank::c.size] for b in range(0, 48, 12)])
+    X, y = X[idx], y[idx]
+dl = nb.data.DataLoader(nb.data.TensorDataset(X, y), batch_size=12 // c.size)
+opt = partial(SGD, lr=0.2, momentum=0.9) if opt_name == "sgd" else partial(Adam, lr=0.01)
+cbs = [dist.DistributedCallback()] + ([GradientClipping(clip)] if clip > 0 else [])
+if c.size == 1:
+    nb.manual_seed(1); m = nn.Sequential(nn.Linear(6, 16), nn.Linear(16, 3))
+    for p in m.parameters(): p.data = p.data.astype(np.float64)
+learn = Learner(m, F.cross_entropy, opt, dl, callbacks=cbs)
+learn.fit(3)
+if c.rank == 0:
+    json.dump({"w": [p.numpy().tolist() for p in m.parameters()], "loss": learn.recorder.history["train_loss"]},
+              open(out, "w"))
+if c.size > 1:
+    w = np.concatenate([p.numpy().ravel() for p in m.parameters()]); w0 = w.copy(); c.bcast_(w0, 0)
+    assert np.array_equal(w, w0), "ranks disagree"
+"""
+
+@pytest.mark.parametrize("opt,clip", [("sgd", 0.0), ("adam", 0.0), ("sgd", 0.05), ("adam", 0.05)])
+def test_ranks_match_one_process(tmp_path, opt, clip):
+    results = {}
+    for n in (1, 2, 3):
+        r = launch(tmp_path, n, TRAIN, args=(opt, clip, tmp_path / f"w{n}.json"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[n] = json.loads((tmp_path / f"w{n}.json").read_text())
+    for n in (2, 3):
+        for a, b in zip(results[1]["w"], results[n]["w"]):
+            np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(results[n]["loss"], results[1]["loss"], rtol=1e-6)
+    moved = max(np.abs(np.array(a)).max() for a in results[1]["w"])
+    assert moved > 0
+
+def test_clipping_before_allreduce_would_differ(tmp_path):
+    "The check above can fail: clipping per rank (before the average) gives other weights."
+    body = TRAIN.replace("cbs = [dist.DistributedCallback()] + ", "cbs = [dist.DistributedCallback(order_hack)] + ")
+    body = body.replace("c = dist.init()", "c = dist.init()\nclass _Late(dist.DistributedCallback): order = 5\n")
+    body = body.replace("[dist.DistributedCallback(order_hack)]", "[_Late()]")
+    w = {}
+    for n in (1, 2):
+        r = launch(tmp_path, n, body, args=("sgd", 0.05, tmp_path / f"w{n}.json"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        w[n] = np.concatenate([np.ravel(a) for a in json.loads((tmp_path / f"w{n}.json").read_text())["w"]])
+    assert not np.allclose(w[1], w[2], rtol=1e-6, atol=1e-9)
+
+@pytest.mark.parametrize("n", [0, 1, 7, 10, 12, 13])
+@pytest.mark.parametrize("p", [1, 2, 3, 4])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_covers_each_epoch(n, p, drop_last):
+    if drop_last and n < p:
+        with pytest.raises(ValueError, match="drop_last"): DistributedSampler(n, p, 0, drop_last=True)
+        return
+    for epoch in range(2):
+        parts = []
+        for r in range(p):
+            s = DistributedSampler(n, p, r, shuffle=True, seed=3, drop_last=drop_last); s.set_epoch(epoch)
+            parts.append(s.indices()); assert len(parts[-1]) == len(s)
+        assert len({len(q) for q in parts}) == 1                           # equal shares
+        allidx = np.concatenate(parts)
+        if drop_last:
+            assert len(allidx) == n - n % p and len(set(allidx.tolist())) == len(allidx)
+        else:
+            assert set(allidx.tolist()) == set(range(n)) and len(allidx) == -(-n // p) * p
+            counts = np.bincount(allidx, minlength=n)
+            if n: assert counts.min() >= 1 and counts.max() - counts.min() <= 1     # padding repeats evenly
+
+def test_sampler_bad_rank():
+    with pytest.raises(ValueError, match="rank"): DistributedSampler(10, 2, 2)
+
+def test_sampler_under_mpi(tmp_path):
+    body = """
+    import numpy as np, neuralbook.distributed as dist
+    c = dist.init()
+    s = dist.DistributedSampler(11, seed=5); s.set_epoch(2)
+    a = np.zeros(11); np.add.at(a, s.indices(), 1); c.allreduce_(a)
+    if c.rank == 0: print("counts", a.astype(int).tolist(), len(s))
+    """
+    r = launch(tmp_path, 3, body)
+    assert r.returncode == 0, r.stderr
+    counts = eval(r.stdout.split("counts", 1)[1].split("]")[0] + "]")
+    assert sum(counts) == 12 and min(counts) == 1
+
+def test_raising_rank_aborts_all(tmp_path):
+    body = """
+    import numpy as np, time, neuralbook.distributed as dist
+    c = dist.init()
+    if c.rank == 1: raise ValueError("boom on rank 1")
+    a = np.ones(4); c.allreduce_(a)       # rank 0 would wait here forever
+    time.sleep(30)
+    """
+    r = launch(tmp_path, 2, body, timeout=25)
+    assert r.returncode != 0
+    assert "boom on rank 1" in r.stderr and "aborting all ranks" in r.stderr
+
+def test_checkpoint_only_rank0(tmp_path):
+    body = """
+    import os, json, numpy as np, neuralbook as nb, neuralbook.functional as F
+    from neuralbook import nn
+    from functools import partial
+    from neuralbook.learner import Learner, ModelCheckpoint, load_safetensors
+    from neuralbook.optim import SGD
+    import neuralbook.distributed as dist
+    c = dist.init(); nb.manual_seed(c.rank)
+    rng = np.random.default_rng(0); X, y = rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 2, 40)
+    ds = nb.data.TensorDataset(X, y)
+    dl = dist.DistributedDataLoader(ds, batch_size=5, seed=0)
+    vdl = dist.DistributedDataLoader(ds, batch_size=10, shuffle=False)
+    m = nn.Sequential(nn.Linear(4, 2))
+    ck = ModelCheckpoint("ck_{epoch}.safetensors", save_best_only=False)
+    learn = Learner(m, F.cross_entropy, partial(SGD, lr=0.1), dl, vdl, metrics=["accuracy"],
+                    callbacks=[dist.DistributedCallback(), ck])
+    learn.fit(2)
+    print("RANK", c.rank, len(ck.saved), json.dumps(learn.recorder.history["valid_loss"]))
+    """
+    r = launch(tmp_path, 2, body)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = sorted(l for l in r.stdout.splitlines() if l.startswith("RANK"))
+    assert lines[0].split()[2] == "2" and lines[1].split()[2] == "0"
+    assert lines[0].split(" ", 3)[3] == lines[1].split(" ", 3)[3]          # metrics agree on both ranks
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ck") or ".tmp" in p.name)
+    assert files == ["ck_0.safetensors", "ck_1.safetensors"]
+    from neuralbook.learner import load_safetensors
+    tensors, meta = load_safetensors(tmp_path / "ck_1.safetensors")
+    assert set(tensors) == {"0.weight", "0.bias"} and meta["epoch"] == 1
+
+def test_single_process_is_selfcomm():
+    assert isinstance(init(), SelfComm) or init().size == 1
+
+def test_buckets():
+    g = [np.zeros(n, np.float32) for n in (3, 3, 1000, 2)] + [np.zeros(2, np.float64)]
+    assert _buckets(g, 64) == [[0, 1], [2], [3], [4]]
