@@ -59,13 +59,48 @@ def test_checkpoint_reloads_to_the_same_model(tmp_path):
     assert cli.load_trained(tmp_path / "model.json")[1]["dataset"] == "wine"
 
 
-def test_train_is_reproducible_and_shows_a_progress_bar(tmp_path, capsys):
+EPOCH_LINE = r"epoch {}/{} loss \d+\.\d{{4}} accuracy \d\.\d{{4}} val_loss \d+\.\d{{4}} val_accuracy \d\.\d{{4}}"
+
+
+def test_train_is_reproducible_and_reports_one_line_per_epoch_off_a_terminal(tmp_path, capsys):
+    import re
     a = cli.train("iris", epochs=4, seed=3, out=tmp_path / "a", print_fn=lambda *a: None)
-    err = capsys.readouterr().err
-    assert "training" in err and "epoch" in err                         # tqdm on stderr
+    err = capsys.readouterr().err                                        # capsys' stderr is not a terminal
+    assert "%|" not in err and "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 4 and all(re.fullmatch(EPOCH_LINE.format(i, 4), l) for i, l in enumerate(lines, 1)), err
     b = cli.train("iris", epochs=4, seed=3, quiet=True, out=tmp_path / "b", print_fn=lambda *a: None)
+    assert capsys.readouterr().err == ""
     assert a["history"] == b["history"] and a["accuracy"] == b["accuracy"]
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_train_as_a_program_writes_no_bar_into_pipes(tmp_path):
+    "`neuralbook train iris > out.txt`: no tqdm bar, no carriage return, one clean line per epoch on stderr."
+    import re
+    r = subprocess.run([sys.executable, "-c", "import sys; from neuralbook.cli import main; sys.exit(main())",
+                        "train", "iris", "--epochs", "6", "--out", str(tmp_path / "iris")],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for stream in (r.stdout, r.stderr):
+        assert "%|" not in stream and "\r" not in stream and "training:" not in stream
+    lines = r.stderr.splitlines()
+    assert len(lines) == 6 and all(re.fullmatch(EPOCH_LINE.format(i, 6), l) for i, l in enumerate(lines, 1)), r.stderr
+    assert "test accuracy 0." in r.stdout or "test accuracy 1." in r.stdout
+    assert not re.search(r"^epoch ", r.stdout, re.M)                      # the report on stdout stays clean
+
+
+def test_progress_keeps_the_bar_on_a_terminal(tmp_path):
+    import io
+    class Terminal(io.StringIO):
+        def isatty(self): return True
+    term = Terminal()
+    cb = cli._progress_bar(3, stream=term)
+    cb.on_train_begin()
+    for e in range(3): cb.on_epoch_end(e, {"loss": 0.5})
+    cb.on_train_end()
+    text = term.getvalue()
+    assert "training:" in text and "%|" in text and "\r" in text and "epoch 1/3 loss" not in text
 
 
 def test_digits_default_recipe_is_good(tmp_path):
