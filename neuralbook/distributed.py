@@ -8,7 +8,7 @@ __all__ = ['SelfComm', 'MPIComm', 'launched_by_mpi', 'init', 'rank', 'world_size
            'broadcast_optimizer_state', 'allreduce_gradients', 'DistributedDataParallel', 'DistributedSampler',
            'DistributedDataLoader', 'DistributedCallback', 'scaled_lr']
 
-# %% ../nbs/22_distributed.ipynb #0ba2481b
+# %% ../nbs/22_distributed.ipynb #8d5ab0b7
 import os
 import sys
 import json
@@ -17,8 +17,11 @@ import traceback
 import numpy as np
 
 from .autograd import Tensor
+from .backend import cupy_or_none, get_array_module, is_cuda_array, to_device
+from .cuda_emu import is_emulated
 from .learner import Callback, ModelCheckpoint, CSVLogger, ProgressCallback
 from .data import DataLoader
+from .finetune import TrainingCheckpoint
 
 _LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
@@ -32,22 +35,30 @@ class SelfComm:
     def abort(self, code: int = 1): os._exit(code)
     def __repr__(self): return "SelfComm(rank=0, size=1)"
 
-# %% ../nbs/22_distributed.ipynb #7296a0db
+# %% ../nbs/22_distributed.ipynb #6059515f
 class MPIComm:
-    "A thin wrapper of an mpi4py communicator: in-place collectives on contiguous NumPy arrays."
+    "A thin wrapper of an mpi4py communicator: in-place collectives on contiguous arrays (host or device)."
     def __init__(self, comm):
         from mpi4py import MPI
         self.MPI, self.comm, self.rank, self.size = MPI, comm, comm.Get_rank(), comm.Get_size()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._nccl = None                     # created on the first device collective (see below)
+
+    def _check(self, who, a):
+        if not getattr(a, "flags", None) or not a.flags.c_contiguous:
+            raise TypeError(f"MPIComm.{who}: needs a C-contiguous NumPy or CuPy array, got {type(a).__name__}"
+                            f"{'' if not hasattr(a, 'shape') else ' of shape ' + str(a.shape) + ' (not contiguous)'}; "
+                            f"copy it with np.ascontiguousarray / cupy.ascontiguousarray")
 
     def allreduce_(self, a, op: str = "sum"):
-        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
-            raise TypeError(f"MPIComm.allreduce_: needs a C-contiguous NumPy array, got {type(a).__name__}; "
-                            f"copy it with np.ascontiguousarray (device arrays: move them to the CPU first)")
+        self._check("allreduce_", a)
+        if is_cuda_array(a): return _device_collective(self, a, "allreduce", op=op)
         self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self._ops[op])
         return a
 
     def bcast_(self, a, root: int = 0):
+        self._check("bcast_", a)
+        if is_cuda_array(a): return _device_collective(self, a, "bcast", root=root)
         self.comm.Bcast(a, root=root)
         return a
 
@@ -63,7 +74,49 @@ class MPIComm:
     def abort(self, code: int = 1): self.comm.Abort(code)
     def __repr__(self): return f"MPIComm(rank={self.rank}, size={self.size})"
 
-# %% ../nbs/22_distributed.ipynb #c0a475e7
+# %% ../nbs/22_distributed.ipynb #cd07c63d
+def _nccl_of(comm):
+    "The NCCL communicator of `comm` (made once, on this process's GPU), or None where CuPy has no NCCL."
+    if comm._nccl is None:
+        comm._nccl = False
+        cp = cupy_or_none()
+        if cp is not None and not is_emulated(cp):
+            try:
+                import importlib
+                nccl = importlib.import_module("cupy.cuda.nccl")
+            except Exception:
+                nccl = None
+            if nccl is not None and getattr(nccl, "available", True):
+                uid = np.array(nccl.get_unique_id(), np.int8).tobytes() if comm.rank == 0 else None
+                uid = tuple(np.frombuffer(comm.bcast_bytes(uid, 0), np.int8).tolist())
+                comm._nccl = (nccl, nccl.NcclCommunicator(comm.size, uid, comm.rank))
+    return comm._nccl or None
+
+def _device_collective(comm, a, kind: str, op: str = "sum", root: int = 0):
+    "allreduce/bcast of a device array in place: over NCCL when there is one, else through a host copy and MPI."
+    nc = _nccl_of(comm)
+    if nc is not None:
+        nccl, c = nc
+        cp = cupy_or_none()
+        types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
+                 np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.int64): nccl.NCCL_INT64,
+                 np.dtype(np.int32): nccl.NCCL_INT32, np.dtype(np.int8): nccl.NCCL_INT8}
+        if np.dtype(a.dtype) in types:
+            stream = cp.cuda.get_current_stream().ptr
+            if kind == "allreduce":
+                ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
+                c.allReduce(a.data.ptr, a.data.ptr, a.size, types[np.dtype(a.dtype)], ops[op], stream)
+            else:
+                c.bcast(a.data.ptr, a.size, types[np.dtype(a.dtype)], root, stream)
+            return a
+    xp = get_array_module(a)
+    host = np.ascontiguousarray(to_device(a, "cpu"))
+    if kind == "allreduce": comm.comm.Allreduce(comm.MPI.IN_PLACE, host, op=comm._ops[op])
+    else: comm.comm.Bcast(host, root=root)
+    a[...] = xp.asarray(host)
+    return a
+
+# %% ../nbs/22_distributed.ipynb #2b27fa58
 _STATE = {"comm": None}
 
 def launched_by_mpi() -> bool:
@@ -101,7 +154,7 @@ def rank() -> int: return init().rank
 def world_size() -> int: return init().size
 def is_main_process() -> bool: return init().rank == 0
 
-# %% ../nbs/22_distributed.ipynb #754c0da3
+# %% ../nbs/22_distributed.ipynb #db5f1c95
 def _arrays_of(module):
     "The raw arrays of the parameters and buffers of `module`, in their fixed order."
     for t in list(module.parameters()) + [b for b in module.buffers() if b is not None]:
@@ -126,8 +179,9 @@ def broadcast_optimizer_state(opt, root: int = 0, comm=None):
     arrays, meta = [], None
     if comm.rank == root:
         def strip(v):
-            if isinstance(v, np.ndarray):
-                arrays.append(np.ascontiguousarray(v)); return {"__array__": [list(v.shape), v.dtype.str]}
+            if isinstance(v, np.ndarray) or is_cuda_array(v):        # device state travels through the host
+                arrays.append(np.ascontiguousarray(to_device(v, "cpu")))
+                return {"__array__": [list(v.shape), v.dtype.str]}
             return v
         meta = {"param_groups": sd["param_groups"],
                 "state": {str(j): {k: strip(v) for k, v in st.items()} for j, st in sd["state"].items()}}
@@ -144,7 +198,7 @@ def broadcast_optimizer_state(opt, root: int = 0, comm=None):
     if comm.rank != root: opt.load_state_dict({"param_groups": meta["param_groups"], "state": state})
     return opt
 
-# %% ../nbs/22_distributed.ipynb #7cd4e64e
+# %% ../nbs/22_distributed.ipynb #efcfcb3c
 def _buckets(grads, bucket_bytes: int):
     "Group indices of `grads` into runs of one dtype whose total size stays under `bucket_bytes`."
     out, cur, size, dt = [], [], 0, None
@@ -163,7 +217,7 @@ def allreduce_gradients(params, comm=None, bucket_bytes: int = 1 << 22, average:
     has = np.array([p.grad is not None for p in params], np.int8)
     comm.allreduce_(has, "max")
     for p, h in zip(params, has):
-        if h and p.grad is None: p.grad = Tensor._wrap(np.zeros_like(p.data))
+        if h and p.grad is None: p.grad = Tensor._wrap(get_array_module(p.data).zeros_like(p.data))
     live = [p for p, h in zip(params, has) if h]
     grads = [p.grad.data if isinstance(p.grad, Tensor) else p.grad for p in live]
     calls = 0
@@ -172,7 +226,7 @@ def allreduce_gradients(params, comm=None, bucket_bytes: int = 1 << 22, average:
             flat = grads[idx[0]]; comm.allreduce_(flat)
             if average: flat /= comm.size
         else:
-            flat = np.concatenate([grads[i].reshape(-1) for i in idx])
+            flat = get_array_module(grads[idx[0]]).concatenate([grads[i].reshape(-1) for i in idx])
             comm.allreduce_(flat)
             if average: flat /= comm.size
             lo = 0
@@ -181,7 +235,7 @@ def allreduce_gradients(params, comm=None, bucket_bytes: int = 1 << 22, average:
         calls += 1
     return calls
 
-# %% ../nbs/22_distributed.ipynb #673e25c1
+# %% ../nbs/22_distributed.ipynb #5fff263a
 class DistributedDataParallel:
     "Wrap `module` for data-parallel training: same start on all ranks; call `.sync()` after every backward."
     def __init__(self, module, comm=None, bucket_bytes: int = 1 << 22, broadcast: bool = True):
@@ -198,7 +252,7 @@ class DistributedDataParallel:
         return getattr(self.module, name)
     def __repr__(self): return f"DistributedDataParallel({self.module!r}, {self.comm!r})"
 
-# %% ../nbs/22_distributed.ipynb #65f9e4d6
+# %% ../nbs/22_distributed.ipynb #20cec547
 class DistributedSampler:
     "The indices of rank `rank` for one epoch: equal counts on all ranks, together a cover of range(n)."
     def __init__(self, n: int, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
@@ -234,7 +288,7 @@ class DistributedSampler:
         return (f"DistributedSampler(n={self.n}, num_replicas={self.p}, rank={self.rank}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, {self.num_samples} per rank)")
 
-# %% ../nbs/22_distributed.ipynb #031933ec
+# %% ../nbs/22_distributed.ipynb #1d6f16d5
 class DistributedDataLoader(DataLoader):
     "A DataLoader over this rank's share of `dataset` (a `DistributedSampler`); call `set_epoch` every epoch."
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
@@ -251,8 +305,8 @@ class DistributedDataLoader(DataLoader):
         stop = len(idx) - len(idx) % b if self.drop_last else len(idx)
         return [idx[i:i + b] for i in range(0, stop, b)]
 
-# %% ../nbs/22_distributed.ipynb #2c026823
-_ROOT_ONLY = (ModelCheckpoint, CSVLogger, ProgressCallback)
+# %% ../nbs/22_distributed.ipynb #507993a6
+_ROOT_ONLY = (ModelCheckpoint, TrainingCheckpoint, CSVLogger, ProgressCallback)
 _EPOCH_EVENTS = ("before_fit", "before_train", "after_batch", "after_epoch", "after_fit")
 
 class DistributedCallback(Callback):
@@ -283,7 +337,7 @@ class DistributedCallback(Callback):
     def after_backward(self):
         allreduce_gradients(self._params, self.comm, self.bucket_bytes)
 
-# %% ../nbs/22_distributed.ipynb #e06cdda9
+# %% ../nbs/22_distributed.ipynb #6b3b4593
 def _reduce_logs(self, keys):
     "Sample-weighted means over ranks of `logs[k]` for k in keys (a rank with no samples counts zero)."
     learn = self.learn
@@ -300,7 +354,7 @@ def _after_validate(self): self._reduce_logs(["valid_loss"] + [name for name, _ 
 DistributedCallback._reduce_logs = _reduce_logs
 DistributedCallback.after_train, DistributedCallback.after_validate = _after_train, _after_validate
 
-# %% ../nbs/22_distributed.ipynb #5f356fa6
+# %% ../nbs/22_distributed.ipynb #c46ba556
 def scaled_lr(lr: float, world_size: int | None = None, rule: str = "linear") -> float:
     "The learning rate for `world_size` ranks given the one-rank `lr`: `rule` 'linear' (SGD) or 'sqrt' (Adam)."
     p = init().size if world_size is None else int(world_size)

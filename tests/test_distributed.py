@@ -166,3 +166,110 @@ def test_single_process_is_selfcomm():
 def test_buckets():
     g = [np.zeros(n, np.float32) for n in (3, 3, 1000, 2)] + [np.zeros(2, np.float64)]
     assert _buckets(g, 64) == [[0, 1], [2], [3], [4]]
+
+def test_killed_rank_stops_the_others(tmp_path):
+    "A rank killed by a signal (no Python excepthook runs) must not leave the others blocked in an allreduce."
+    body = """
+    import os, signal, time, numpy as np, neuralbook.distributed as dist
+    c = dist.init()
+    a = np.ones(4); c.allreduce_(a)
+    if c.rank == 1: os.kill(os.getpid(), signal.SIGKILL)
+    a = np.ones(4); c.allreduce_(a)            # rank 0 waits here for the dead rank
+    time.sleep(60)
+    print("rank", c.rank, "should never get here")
+    """
+    r = launch(tmp_path, 2, body, timeout=40)
+    assert r.returncode != 0
+    assert "should never get here" not in r.stdout
+
+RESUME = """
+import sys, json, numpy as np
+from functools import partial
+import neuralbook as nb, neuralbook.functional as F
+from neuralbook import nn
+from neuralbook.learner import Learner
+from neuralbook.optim import Adam
+from neuralbook.finetune import TrainingCheckpoint, load_training_state
+import neuralbook.distributed as dist
+mode, out = sys.argv[1], sys.argv[2]
+c = dist.init()
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(40, 6)), rng.integers(0, 3, 40)
+nb.manual_seed(c.rank + 1)
+m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+for p in m.parameters(): p.data = p.data.astype(np.float64)
+dl = dist.DistributedDataLoader(nb.data.TensorDataset(X, y), batch_size=4, seed=7)
+cbs = [dist.DistributedCallback(), TrainingCheckpoint("state.safetensors")]
+learn = Learner(m, F.cross_entropy, partial(Adam, lr=0.01), dl, callbacks=cbs)
+if mode == "all":
+    learn.fit(4)
+elif mode == "first":
+    learn.fit(2)
+else:                                       # resume: only rank 0 reads the file; the callback broadcasts it
+    learn.fit(0)                            # builds the optimiser state, as a resumed script would
+    start = load_training_state("state.safetensors", learn)["epoch"] + 1 if c.rank == 0 else 0
+    learn.fit(4, start_epoch=int(c.bcast_(np.array([start]), 0)[0]))
+if c.rank == 0:
+    json.dump([p.numpy().tolist() for p in m.parameters()], open(out, "w"))
+"""
+
+def test_resume_equals_uninterrupted(tmp_path):
+    "2 ranks: 2 epochs, a checkpoint written by rank 0 only, a new run resumed from it = 4 epochs in one go."
+    (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir()
+    for sub, modes in (("a", ["all"]), ("b", ["first", "resume"])):
+        for mode in modes:
+            script = tmp_path / sub / "script.py"
+            script.write_text(textwrap.dedent(RESUME))
+            env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+            r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), mode, "w.json"], capture_output=True,
+                               text=True, timeout=90, cwd=tmp_path / sub, env=env)
+            assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir() if "state" in p.name) == ["state.safetensors"]
+    a = json.loads((tmp_path / "a" / "w.json").read_text()); b = json.loads((tmp_path / "b" / "w.json").read_text())
+    for u, v in zip(a, b): np.testing.assert_array_equal(np.array(u), np.array(v))
+
+EMULATED = """
+import json, sys, numpy as np
+from functools import partial
+import neuralbook as nb, neuralbook.functional as F
+from neuralbook import nn
+from neuralbook.learner import Learner
+from neuralbook.optim import SGD
+from neuralbook.cuda_emu import emulated_gpu
+import neuralbook.distributed as dist
+device, out = sys.argv[1], sys.argv[2]
+c = dist.init()
+calls, _orig = [], dist._device_collective
+def _spy(*a, **k): calls.append(a[2]); return _orig(*a, **k)
+dist._device_collective = _spy
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(24, 5)).astype(np.float32), rng.integers(0, 3, 24)
+def run():
+    nb.manual_seed(c.rank + 3)
+    m = nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 3)).to(device)
+    from neuralbook.backend import is_cuda_array
+    assert is_cuda_array(next(iter(m.parameters())).data) == (device == "cuda")
+    dl = dist.DistributedDataLoader(nb.data.TensorDataset(X, y), batch_size=3, seed=1, device=device)
+    learn = Learner(m, F.cross_entropy, partial(SGD, lr=0.1, momentum=0.9), dl, callbacks=[dist.DistributedCallback()])
+    learn.fit(2)
+    assert (len(calls) > 0) == (device == "cuda"), calls          # device collectives ran (through the host)
+    ws = [np.asarray(p.to("cpu").numpy()) for p in m.parameters()]
+    m.to("cpu")
+    return ws
+if device == "cuda":
+    with emulated_gpu():
+        ws = run()
+else:
+    ws = run()
+if c.rank == 0: json.dump([w.tolist() for w in ws], open(out, "w"))
+"""
+
+def test_emulated_gpu_gradients_go_through_the_host(tmp_path):
+    "Device arrays (the emulated GPU of chapter 12b, no NCCL) are reduced through host copies: same as the CPU."
+    w = {}
+    for device in ("cpu", "cuda"):
+        r = launch(tmp_path, 2, EMULATED, timeout=240, args=(device, tmp_path / f"{device}.json"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        w[device] = json.loads((tmp_path / f"{device}.json").read_text())
+    for a, b in zip(w["cpu"], w["cuda"]):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
