@@ -19,7 +19,7 @@ from .autograd import add, sub, mul, div, neg, pow
 from . import nn
 from . import data, datasets, metrics, losses, optim, regularization, learner, conv, norm
 from .learner import Learner, Callback
-from . import keras, keras_conv, finetune  # keras_conv hangs Conv2D, MaxPooling2D … on keras.layers
+from . import keras, finetune  # keras is a package laid out like keras/src (chapters 10a-10d, 11c)
 from . import cuda  # last: registers the GPU twins of every kernel above (imports no CuPy by itself)
 from . import cuda_emu  # chapter 12b: the CUDA kernels on the CPU (nb.cuda_emu.emulated_gpu())
 from . import amp  # chapter 12c: nb.amp.autocast(), nb.amp.GradScaler
