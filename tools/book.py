@@ -1,94 +1,294 @@
-"""Build the neuralbook website from nbs/*.ipynb using STORED outputs (no re-execution).
+"""Build the neuralbook website from nbs/*.ipynb with their STORED outputs (nothing is re-executed).
 
-    python tools/book.py build   # writes _docs/
-    python tools/book.py serve   # preview on http://127.0.0.1:8000
-mkdocs.yml and the per-chapter API pages are generated into _book_build/ (git-ignored build folder).
+    python tools/book.py build                # writes _docs/ (git-ignored); prints the time it took
+    python tools/book.py serve [--port 8000]  # builds, then serves _docs/ on http://127.0.0.1:8000 for reading
+
+Renderer: MkDocs + Material for MkDocs + mkdocs-jupyter (pip extra `book`). quarto (and so `nbdev-docs`) cannot be
+installed offline: the `quarto-cli` sdist downloads the quarto binary from GitHub while it builds; jupyter-book 2
+fetches its theme at build time. MkDocs builds offline, renders the notebooks' stored outputs through nbconvert, and
+gives a sidebar, a per-page table of contents, previous/next links and a client-side search box.
+
+What the build does with each notebook (a copy under the work folder; nbs/ is never touched):
+  * chapters are every `nbs/*.ipynb` (index first, then sorted by name); the nav title is the notebook's first `# `;
+  * nbdev directive lines (`#| export`, ...) are dropped from code cells, `#| hide` cells are dropped;
+  * links between notebooks (`02_functional.ipynb#x`) are pointed at the rendered pages (`02_functional.html#x`);
+  * a chapter with `#| default_exp mod` gets an "API reference" section: signature and docstring of every public
+    name its `#| export` cells define, read from the imported module with `inspect`;
+  * the front page gets a generated list of all chapters with links (its own chapter table stays as written).
+MathJax 2.7 is copied from the `jupyter-server-mathjax` wheel into the site, so math is typeset with no network.
 """
-import argparse, functools, http.server, importlib, inspect, json, re, shutil, subprocess, sys
+from __future__ import annotations
+
+import argparse, ast, copy, functools, http.server, importlib, inspect, json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe,local/neuralbook"
+# MathJax 2 options the nbconvert template does not set. The wheel ships only the STIX-Web fonts, so HTML-CSS output
+# is told to use them; two @font-face rules that would fetch missing or blocked files (the `about:blank` probe font of
+# HTML-CSS, the TeX AMS font of the hidden assistive MathML) are pointed at local() fonts, which fetch nothing.
+MATHJAX_LOCAL = """MathJax.Hub.Config({
+  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null,
+               styles: {"@font-face": {"font-family": "MathJax_Blank", src: "local('MathJax_Blank')"}}},
+  NativeMML: {styles: {"@font-face /*3*/": {"font-family": "MathJax_AMS-WEB", src: "local('MathJax_AMS')"}}},
+  menuSettings: {zoom: "None"},
+  showMathMenu: false
+});
+MathJax.Ajax.loadComplete("[MathJax]/config/local/neuralbook.js");
+"""
+DIRECTIVE = re.compile(r"^\s*#\|\s*(.*)$")
 
 
-def chapters():
-    nbs = sorted(p for p in NBS.glob("*.ipynb") if p.name != "index.ipynb")
-    return ([NBS / "index.ipynb"] if (NBS / "index.ipynb").exists() else []) + nbs
+def _src(cell) -> str:
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
 
 
-def default_exp(nb):
-    for c in json.loads(nb.read_text())["cells"]:
-        m = re.search(r"^#\|\s*default_exp\s+(\S+)", "".join(c["source"]), re.M)
-        if c["cell_type"] == "code" and m:
-            return m.group(1)
+def chapters(nbs: Path = NBS) -> list[Path]:
+    """Every notebook of the book, discovered from `nbs/`: the front page first, then the chapters by name."""
+    found = sorted(p for p in Path(nbs).glob("*.ipynb") if p.name != "index.ipynb")
+    index = Path(nbs) / "index.ipynb"
+    return ([index] if index.exists() else []) + found
 
 
-def api_markdown(mod_name):
-    """Signature + docstring of each public name the module defines (via inspect)."""
-    try:
-        mod = importlib.import_module(f"neuralbook.{mod_name}")
-    except Exception as e:  # keep the book building even if a module cannot import
-        return f"*API of `neuralbook.{mod_name}` unavailable: {type(e).__name__}: {e}*\n"
-    names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
+def directives(cell) -> list[str]:
     out = []
-    for n in names:
-        obj = getattr(mod, n, None)
-        if not (inspect.isfunction(obj) or inspect.isclass(obj)) or getattr(obj, "__module__", "") != mod.__name__:
-            continue
-        try:
-            sig = str(inspect.signature(obj))
-        except (TypeError, ValueError):
-            sig = "(...)"
-        doc = inspect.getdoc(obj) or ""
-        out.append(f"### `{n}{sig}`\n\n```text\n{doc}\n```\n" if doc else f"### `{n}{sig}`\n")
-    return "\n".join(out) or "*No public names.*\n"
-
-
-def build(out=ROOT / "_docs", work=ROOT / "_book_build"):
-    out, work = Path(out), Path(work)
-    shutil.rmtree(work, ignore_errors=True)
-    docs = work / "docs"
-    docs.mkdir(parents=True)
-    sys.path.insert(0, str(ROOT))
-    nav = []
-    for nb in chapters():
-        shutil.copy(nb, docs / nb.name)
-        title = "Home" if nb.name == "index.ipynb" else nb.stem
-        mod = default_exp(nb)
-        if mod:
-            (docs / f"{nb.stem}_api.md").write_text(f"# API: neuralbook.{mod}\n\n" + api_markdown(mod))
-            nav.append({title: [{"Chapter": nb.name}, {"API": f"{nb.stem}_api.md"}]})
-        else:
-            nav.append({title: nb.name})
-    extra_js = []
-    mj = Path("/usr/share/javascript/mathjax")
-    if mj.exists():
-        shutil.copytree(mj, docs / "mathjax", symlinks=False)
-        extra_js = ["mathjax/MathJax.js?config=TeX-AMS_CHTML"]
-    cfg = {
-        "site_name": "neuralbook", "docs_dir": "docs", "site_dir": str(out.resolve()),
-        "theme": {"name": "material", "font": False, "features": ["navigation.footer"]},
-        "plugins": ["search", {"mkdocs-jupyter": {"execute": False, "include_source": True}}],
-        "markdown_extensions": [{"pymdownx.arithmatex": {"generic": True}}],
-        "extra_javascript": extra_js, "nav": nav,
-    }
-    (work / "mkdocs.yml").write_text(json.dumps(cfg, indent=1))  # JSON is valid YAML
-    subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(work / "mkdocs.yml")], check=True)
+    for line in _src(cell).splitlines():
+        m = DIRECTIVE.match(line)
+        if m:
+            out.append(m.group(1).strip())
     return out
 
 
-def serve(out=ROOT / "_docs", port=8000):
-    h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-    print(f"serving {out} at http://127.0.0.1:{port}")
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), h).serve_forever()
+def title_of(nb: dict, fallback: str) -> str:
+    for c in nb["cells"]:
+        if c["cell_type"] == "markdown":
+            for line in _src(c).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return fallback
+
+
+def default_exp(nb: dict) -> str | None:
+    """The module a chapter exports to (`optim.__init__` -> `optim`, `__init__` -> the package itself)."""
+    for c in nb["cells"]:
+        if c["cell_type"] != "code":
+            continue
+        for d in directives(c):
+            m = re.match(r"default_exp\s+(\S+)", d)
+            if m:
+                mod = re.sub(r"(^|\.)__init__$", "", m.group(1))
+                return mod
+    return None
+
+
+def exported_names(nb: dict) -> list[str]:
+    """Public top-level names (def, class, assignment) that the notebook's `#| export` cells define, in order."""
+    names = []
+    for c in nb["cells"]:
+        if c["cell_type"] != "code" or not any(re.match(r"exports?\b", d) for d in directives(c)):
+            continue
+        code = "\n".join(l for l in _src(c).splitlines() if not DIRECTIVE.match(l) and not l.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                found = [e.id for t in targets for e in ast.walk(t) if isinstance(e, ast.Name)]
+            else:
+                found = []
+            names += [n for n in found if not n.startswith("_") and n not in names]
+    return names
+
+
+def _signature(obj) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _methods(cls) -> list[str]:
+    """One line per public method/property the class itself defines: `name(sig)` and its docstring's first line."""
+    rows = []
+    for name, raw in vars(cls).items():
+        if name.startswith("_") and name not in ("__call__",):
+            continue
+        if isinstance(raw, property):
+            fn, sig = raw.fget, ""
+        elif isinstance(raw, (staticmethod, classmethod)):
+            fn = raw.__func__
+            sig = _signature(getattr(cls, name))
+        elif inspect.isfunction(raw):
+            fn = raw
+            sig = re.sub(r"^\(self,?\s*", "(", _signature(raw))
+        else:
+            continue
+        first = (inspect.getdoc(fn) or "").strip().split("\n\n")[0].replace("\n", " ")
+        rows.append(f"- `{name}{sig}`" + (f": {first}" if first else ""))
+    return rows
+
+
+def api_markdown(mod_name: str, names: list[str]) -> str:
+    """The "API reference" section of a chapter: signature + docstring of each exported name (read with inspect)."""
+    full = f"neuralbook.{mod_name}" if mod_name else "neuralbook"
+    head = f"## API reference\n\nThe names this chapter exports to `{full}`.\n"
+    try:
+        mod = importlib.import_module(full)
+    except Exception as e:  # keep the book building even when a module cannot be imported here (say, no CuPy)
+        return head + f"\n*The module `{full}` could not be imported while building the book ({type(e).__name__}).*\n"
+    public = getattr(mod, "__all__", None)
+    out = []
+    for n in names:
+        if public is not None and n not in public or not hasattr(mod, n):
+            continue
+        obj = getattr(mod, n)
+        if inspect.isclass(obj):
+            entry = f"### `{n}`\n\n```python\nclass {n}{_signature(obj)}\n```\n"
+            doc = inspect.getdoc(obj) or ""
+            methods = _methods(obj)
+        elif callable(obj):
+            entry = f"### `{n}`\n\n```python\n{n}{_signature(obj)}\n```\n"
+            doc, methods = inspect.getdoc(obj) or "", []
+        else:
+            r = repr(obj)
+            r = r if len(r) <= 100 else r[:97] + "..."
+            entry = f"### `{n}`\n\n```python\n{n}: {type(obj).__name__} = {r}\n```\n"
+            doc, methods = "", []
+        if doc:
+            entry += "\n" + doc + "\n"
+        if methods:
+            entry += "\n" + "\n".join(methods) + "\n"
+        out.append(entry)
+    return head + "\n" + ("\n".join(out) if out else "*No public names.*\n")
+
+
+def _md_cell(text: str) -> dict:
+    return {"cell_type": "markdown", "metadata": {}, "source": text}
+
+
+def prepare(nb_path: Path, pages: dict[str, str], toc: list[tuple[str, str]]) -> dict:
+    """The notebook as the site shows it: directives out, `#| hide` cells out, notebook links -> page links,
+    the API reference appended (chapters) or the list of chapters appended (front page)."""
+    nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    cells = []
+    link = re.compile(r"(\]\(|href=[\"'])([\w.-]+)\.ipynb(?=[#)\"'])")
+    for c in nb["cells"]:
+        c = copy.deepcopy(c)
+        if c["cell_type"] == "code":
+            ds = directives(c)
+            if "hide" in ds or any(re.match(r"default_exp\b", d) for d in ds) and len(_src(c).strip().splitlines()) == 1:
+                continue
+            if re.fullmatch(r"\s*(import nbdev;\s*)?(nbdev\.)?nbdev_export\(\)\s*", _src(c)):
+                continue
+            lines = [l for l in _src(c).splitlines() if not DIRECTIVE.match(l)]
+            c["source"] = "\n".join(lines).strip("\n")
+        elif c["cell_type"] == "markdown":
+            c["source"] = link.sub(lambda m: m.group(1) + pages.get(m.group(2), m.group(2) + ".ipynb")
+                                   if m.group(2) in pages else m.group(0), _src(c))
+        cells.append(c)
+    mod = default_exp(nb)
+    if Path(nb_path).name == "index.ipynb":
+        rows = "\n".join(f"- [{t}]({u})" for t, u in toc if u != "index.html")
+        cells.append(_md_cell("## Read the book\n\nEvery chapter of this build, in order:\n\n" + rows + "\n"))
+    elif mod is not None:
+        cells.append(_md_cell(api_markdown(mod, exported_names(nb))))
+    nb["cells"] = cells
+    return nb
+
+
+def mkdocs_config(site_dir: Path, nav: list, cache_dir: Path) -> dict:
+    return {
+        "site_name": "neuralbook",
+        "site_description": "A neural-network framework built from scratch and taught as a book of notebooks",
+        "docs_dir": "docs", "site_dir": str(Path(site_dir).resolve()),
+        "use_directory_urls": False,  # every page is NAME.html at the top: relative asset paths work everywhere
+        "theme": {
+            "name": "material", "font": False,  # no Google Fonts: the site must work offline
+            "features": ["navigation.footer", "navigation.top", "toc.follow", "search.highlight"],
+            "palette": {"primary": "indigo", "accent": "indigo"},
+        },
+        "plugins": ["search", {"mkdocs-jupyter": {
+            "execute": False, "include_source": True, "allow_errors": True, "no_prompt": True,
+            "custom_mathjax_url": f"mathjax/MathJax.js?config={MATHJAX_CONFIG}",
+            "cache_dir": str(cache_dir), "toc_depth": 3,
+        }}],
+        "hooks": [str(Path(__file__).resolve().with_name("book_hooks.py"))],  # a TOC from the real headings
+        "markdown_extensions": ["toc", "tables", "fenced_code"],
+        "nav": nav,
+    }
+
+
+def mathjax_dir() -> Path:
+    try:
+        import jupyter_server_mathjax
+    except ImportError as e:
+        raise SystemExit("the book needs MathJax from the `jupyter-server-mathjax` package: "
+                         "pip install -e '.[book]'") from e
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def build(out: Path = ROOT / "_docs", work: Path = ROOT / "_book_build", nbs: Path = NBS, quiet: bool = True) -> Path:
+    """Build the site into `out` from the notebooks in `nbs` (stored outputs); `work` holds the generated sources."""
+    out, work, nbs = Path(out).resolve(), Path(work).resolve(), Path(nbs).resolve()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    docs = work / "docs"
+    shutil.rmtree(docs, ignore_errors=True)
+    docs.mkdir(parents=True)
+    books = chapters(nbs)
+    if not books:
+        raise SystemExit(f"no notebooks in {nbs}")
+    raw = {p: json.loads(p.read_text(encoding="utf-8")) for p in books}
+    pages = {p.stem: p.stem + ".html" for p in books}
+    toc = [(title_of(raw[p], p.stem), pages[p.stem]) for p in books]
+    nav = []
+    for p, (title, _) in zip(books, toc):
+        (docs / p.name).write_text(json.dumps(prepare(p, pages, toc), indent=1), encoding="utf-8")
+        nav.append({("Home" if p.name == "index.ipynb" else title): p.name})
+    for d in sorted(x for x in nbs.iterdir() if x.is_dir() and x.name in ("images", "figures", "img", "assets")):
+        shutil.copytree(d, docs / d.name)  # pictures a markdown cell links to
+    shutil.copytree(mathjax_dir(), docs / "mathjax", ignore=shutil.ignore_patterns("*.md", "LICENSE*"))
+    (docs / "mathjax" / "config" / "local").mkdir(parents=True, exist_ok=True)
+    (docs / "mathjax" / "config" / "local" / "neuralbook.js").write_text(MATHJAX_LOCAL)
+    cfg = mkdocs_config(out, nav, work / "cache")
+    (work / "mkdocs.yml").write_text(json.dumps(cfg, indent=1))  # JSON is valid YAML
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--clean", "-f", str(work / "mkdocs.yml")] + (["-q"] if quiet else [])
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    subprocess.run(cmd, check=True, cwd=work, env=env)
+    return out
+
+
+def serve(out: Path = ROOT / "_docs", port: int = 8000, host: str = "127.0.0.1"):
+    """Serve the built site for local reading (a plain static server: what a reader's web host would do)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    with http.server.ThreadingHTTPServer((host, port), handler) as httpd:
+        print(f"serving {out} at http://{host}:{httpd.server_address[1]}/  (Ctrl-C stops)")
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Build or serve the neuralbook website (pip extra `book`).")
+    ap.add_argument("cmd", choices=["build", "serve"])
+    ap.add_argument("--out", type=Path, default=ROOT / "_docs", help="site folder (default: _docs/)")
+    ap.add_argument("--port", type=int, default=8000, help="serve: port on 127.0.0.1 (default 8000)")
+    ap.add_argument("--no-build", action="store_true", help="serve: serve the existing site without rebuilding")
+    a = ap.parse_args(argv)
+    if a.cmd == "build" or not (a.no_build and a.out.exists()):
+        t0 = time.perf_counter()
+        out = build(a.out)
+        print(f"built {len(chapters())} pages into {out} in {time.perf_counter() - t0:.1f} s")
+    if a.cmd == "serve":
+        serve(a.out, a.port)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["build", "serve"])
-    ap.add_argument("--port", type=int, default=8000)
-    a = ap.parse_args()
-    if a.cmd == "build":
-        print(build())
-    else:
-        serve(port=a.port) if (ROOT / "_docs").exists() else (build(), serve(port=a.port))
+    main()
