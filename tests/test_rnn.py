@@ -1,0 +1,269 @@
+"""Chapter 14: RNN, LSTM, GRU against PyTorch (weights copied in, float64, forward and every gradient), gradient
+checks of the fused cells, variable-length batches against packed sequences, dropout, bad input, the emulated GPU."""
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+import neuralbook as nb
+from neuralbook.rnn import GRU, LSTM, RNN, GRUCellFn, LSTMCellFn, RNNCellFn, unbind
+
+CLASSES = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
+I, H, T, B = 3, 4, 5, 3
+
+
+def _pair(kind, torch, num_layers=1, bidirectional=False, batch_first=False, seed=0, **kw):
+    "Our layer and PyTorch's with the same (copied) float64 weights."
+    nb.manual_seed(seed)
+    ours = CLASSES[kind](I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                         dtype=np.float64, **kw)
+    theirs = getattr(torch.nn, kind)(I, H, num_layers=num_layers, bidirectional=bidirectional,
+                                     batch_first=batch_first, dtype=torch.float64, **kw)
+    names = [n for n, _ in theirs.named_parameters()]
+    assert names == [n for n, _ in ours.named_parameters()]
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            assert tuple(p.shape) == tuple(getattr(ours, n).shape), n
+            p.copy_(torch.tensor(getattr(ours, n).numpy()))
+    return ours, theirs
+
+
+COMBOS = list(itertools.product(["RNN", "LSTM", "GRU"], [False, True], [1, 2], [False, True], [False, True],
+                                [False, True]))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per_step_graph"])
+@pytest.mark.parametrize("kind,bidirectional,num_layers,batch_first,with_lengths,with_h0", COMBOS)
+def test_against_torch(kind, bidirectional, num_layers, batch_first, with_lengths, with_h0, fused):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    ours, theirs = _pair(kind, torch, num_layers, bidirectional, batch_first)
+    ours.fused = fused
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
+    lengths = np.array([3, 5, 1]) if with_lengths else None
+    nd = num_layers * (2 if bidirectional else 1)
+    states = [rng.standard_normal((nd, B, H)) for _ in range(2 if kind == "LSTM" else 1)] if with_h0 else []
+    x, tx = nb.tensor(xs, requires_grad=True), torch.tensor(xs, requires_grad=True)
+    s, ts = [nb.tensor(a, requires_grad=True) for a in states], [torch.tensor(a, requires_grad=True) for a in states]
+    hx = None if not with_h0 else (tuple(s) if kind == "LSTM" else s[0])
+    thx = None if not with_h0 else (tuple(ts) if kind == "LSTM" else ts[0])
+    out, hn = ours(x, hx, lengths=lengths)
+    if with_lengths:
+        packed = pack_padded_sequence(tx, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False)
+        tp, thn = theirs(packed, thx)
+        tout, _ = pad_packed_sequence(tp, batch_first=batch_first, total_length=T)
+    else:
+        tout, thn = theirs(tx, thx)
+    hn, thn = (list(hn), list(thn)) if kind == "LSTM" else ([hn], [thn])
+    assert out.shape == tuple(tout.shape)
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), atol=1e-6, rtol=1e-6, err_msg="output")
+    for a, b in zip(hn, thn):
+        assert a.shape == tuple(b.shape)
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), atol=1e-6, rtol=1e-6, err_msg="h_n / c_n")
+    # one random cotangent on every output
+    vs = [rng.standard_normal(o.shape) for o in [out] + hn]
+    loss = sum(((o * v).sum() for o, v in zip([out] + hn, vs)), nb.tensor(0.0, dtype=np.float64))
+    loss.backward()
+    tloss = sum((o * torch.tensor(v)).sum() for o, v in zip([tout] + thn, vs))
+    tloss.backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), atol=1e-6, rtol=1e-6, err_msg="input grad")
+    for a, b in zip(s, ts):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), atol=1e-6, rtol=1e-6, err_msg="h0 grad")
+    for n, p in theirs.named_parameters():
+        np.testing.assert_allclose(getattr(ours, n).grad.numpy(), p.grad.numpy(), atol=1e-6, rtol=1e-6, err_msg=n)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_options_against_torch(kind):
+    "bias=False, relu (RNN), unbatched input."
+    torch = pytest.importorskip("torch")
+    kw = {"bias": False}
+    if kind == "RNN": kw["nonlinearity"] = "relu"
+    ours, theirs = _pair(kind, torch, 2, True, **kw)
+    assert not any("bias" in n for n, _ in ours.named_parameters())
+    xs = np.random.default_rng(2).standard_normal((T, I))              # unbatched (T, input_size)
+    out, hn = ours(nb.tensor(xs))
+    tout, thn = theirs(torch.tensor(xs))
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), atol=1e-9)
+    if kind == "LSTM": hn, thn = hn[1], thn[1]
+    assert hn.shape == tuple(thn.shape) == (4, H)
+    np.testing.assert_allclose(hn.numpy(), thn.detach().numpy(), atol=1e-9)
+    want = repr(theirs).replace("(3, 4, ", "(3, 4, nonlinearity='relu', ") if kind == "RNN" else repr(theirs)
+    assert repr(ours) == want                       # PyTorch's repr (which does not show the nonlinearity)
+
+
+def test_init_is_pytorchs_uniform():
+    m = LSTM(10, 100, num_layers=2)
+    k = 1 / np.sqrt(100)
+    for n, p in m.named_parameters():
+        assert p.dtype == np.float32 and np.abs(p.numpy()).max() <= k
+        assert np.abs(p.numpy()).max() > 0.9 * k and abs(p.numpy().mean()) < 0.1 * k, n
+    assert m.weight_ih_l0.shape == (400, 10) and m.weight_ih_l1.shape == (400, 100) and m.bias_hh_l1.shape == (400,)
+
+
+# ---------------------------------------------------------------- gradient checks (float64, small)
+@pytest.mark.parametrize("masked", [False, True])
+def test_cells_gradcheck(masked):
+    rng = np.random.default_rng(3)
+    Bc, Hc = 3, 2
+    m = np.array([[True], [False], [True]]) if masked else None
+    xg4, hg4 = rng.standard_normal((Bc, 4 * Hc)), rng.standard_normal((Bc, 4 * Hc))
+    c, h = rng.standard_normal((Bc, Hc)), rng.standard_normal((Bc, Hc))
+    lstm = (lambda a, b, c, h: LSTMCellFn(m)(a, b, c, h)) if masked else (lambda a, b, c, h: LSTMCellFn()(a, b, c))
+    assert nb.gradcheck(lstm, xg4, hg4, c, h)
+    assert nb.gradcheck(lambda a, b, c, h: lstm(a, b, c, h)[1], xg4, hg4, c, h)        # only c' used: gh is None
+    assert nb.gradcheck(lambda a, b, h: GRUCellFn(m)(a, b, h), xg4[:, :3 * Hc], hg4[:, :3 * Hc], h)
+    for act in ("tanh", "relu"):
+        f = (lambda a, b, h: RNNCellFn(act, m)(a, b, h)) if masked else (lambda a, b, h: RNNCellFn(act)(a, b))
+        assert nb.gradcheck(f, xg4[:, :Hc], hg4[:, :Hc], h)
+
+
+def test_cells_double_backward():
+    rng = np.random.default_rng(4)
+    m = np.array([[True], [False]])
+    assert nb.gradgradcheck(lambda a, b, c, h: LSTMCellFn(m)(a, b, c, h), *(rng.standard_normal(s) for s in
+                            [(2, 8), (2, 8), (2, 2), (2, 2)]))
+    assert nb.gradgradcheck(lambda a, b, h: GRUCellFn(m)(a, b, h), *(rng.standard_normal(s) for s in
+                            [(2, 6), (2, 6), (2, 2)]))
+    assert nb.gradgradcheck(lambda a, b: RNNCellFn()(a, b), rng.standard_normal((2, 2)), rng.standard_normal((2, 2)))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_double_backward_needs_the_per_step_graph(kind):
+    nb.manual_seed(0)
+    layer = CLASSES[kind](2, 3, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((3, 2, 2))
+    def f(x):
+        out, hn = layer(x, lengths=[3, 2])
+        return out
+    with pytest.raises(RuntimeError, match=rf"{kind}.*double backward .* set layer.fused = False"):
+        nb.gradgradcheck(f, x)
+    layer.fused = False
+    assert nb.gradgradcheck(f, x)
+
+
+def test_unbind():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    parts = unbind(nb.tensor(x), 1)
+    assert len(parts) == 3 and parts[1].shape == (2, 4)
+    assert nb.gradcheck(lambda x: unbind(x, 1)[0] * unbind(x, 1)[2], x)     # an unused slice gets zeros
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("batch_first,bidirectional,fused", [(False, False, True), (True, True, True),
+                                                             (True, True, False)])
+def test_layers_gradcheck(kind, batch_first, bidirectional, fused):
+    nb.manual_seed(5)
+    layer = CLASSES[kind](2, 2, num_layers=2, batch_first=batch_first, bidirectional=bidirectional, dtype=np.float64)
+    layer.fused = fused
+    x = np.random.default_rng(5).standard_normal((2, 3, 2) if batch_first else (3, 2, 2))
+    lengths = np.array([3, 2])
+    names = [n for n, _ in layer.named_parameters()]
+
+    def f(x, *ps):
+        for n, v in zip(names, ps): layer._parameters[n] = v        # the checked leaves stand in for the weights
+        out, hn = layer(x, lengths=lengths)
+        return out, (hn[0] if kind == "LSTM" else hn)
+    assert nb.gradcheck(f, x, *[p.numpy().copy() for p in layer.parameters()])
+
+
+# ---------------------------------------------------------------- dropout, modes
+def test_dropout_between_layers():
+    x = nb.tensor(np.random.default_rng(6).standard_normal((4, 2, 3)))
+    nb.manual_seed(0)
+    m = LSTM(3, 5, num_layers=3, dropout=0.5, dtype=np.float64)
+    nb.manual_seed(0)
+    ref = LSTM(3, 5, num_layers=3, dtype=np.float64)
+    out1 = m(x)[0].numpy()
+    out2 = m(x)[0].numpy()
+    assert out1.shape == (4, 2, 5) and not np.allclose(out1, out2)        # fresh masks each call
+    nb.manual_seed(7); a = m(x)[0].numpy()
+    nb.manual_seed(7); b = m(x)[0].numpy()
+    np.testing.assert_array_equal(a, b)                                  # reproducible with a seed
+    assert not np.allclose(a, ref(x)[0].numpy())
+    m.eval()
+    np.testing.assert_array_equal(m(x)[0].numpy(), ref(x)[0].numpy())    # eval mode = no dropout
+    m.train()
+    out, (h, c) = m(x)
+    (out.sum() + h.sum()).backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_float32_and_state_dict_roundtrip():
+    torch = pytest.importorskip("torch")
+    nb.manual_seed(0)
+    ours = GRU(I, H, num_layers=2, batch_first=True)
+    theirs = torch.nn.GRU(I, H, num_layers=2, batch_first=True)
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    xs = np.random.default_rng(8).standard_normal((B, T, I)).astype(np.float32)
+    out, hn = ours(nb.tensor(xs))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), theirs(torch.tensor(xs))[0].detach().numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input():
+    m = LSTM(3, 4, num_layers=2)
+    x = nb.tensor(np.zeros((5, 2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"LSTM\(3, 4\): expected a 3-D input \(T, B, input_size\).*got shape \(5,\)"):
+        m(nb.tensor(np.zeros(5, np.float32)))
+    with pytest.raises(ValueError, match=r"has 7 features on its last axis, expected input_size=3"):
+        m(nb.tensor(np.zeros((5, 2, 7), np.float32)))
+    with pytest.raises(ValueError, match=r"h0 has shape \(1, 2, 4\), expected .* = \(2, 2, 4\); pass hx=None"):
+        m(x, (np.zeros((1, 2, 4), np.float32), np.zeros((2, 2, 4), np.float32)))
+    with pytest.raises(ValueError, match=r"c0 has shape \(2, 3, 4\), expected"):
+        m(x, (np.zeros((2, 2, 4), np.float32), np.zeros((2, 3, 4), np.float32)))
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h0, c0\) for an LSTM"):
+        m(x, np.zeros((2, 2, 4), np.float32))
+    with pytest.raises(TypeError, match=r"GRU\(3, 4\): hx must be one tensor h0"):
+        GRU(3, 4)(x, (np.zeros((1, 2, 4)), np.zeros((1, 2, 4))))
+    with pytest.raises(ValueError, match=r"lengths must lie in 1\.\.5 .*got min 0 and max 5"):
+        m(x, lengths=[0, 5])
+    with pytest.raises(ValueError, match=r"lengths must lie in 1\.\.5 .*max 6"):
+        m(x, lengths=[6, 5])
+    with pytest.raises(ValueError, match=r"lengths must be integers, one per sequence: shape \(2,\)"):
+        m(x, lengths=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"B, T, input_size"):
+        GRU(3, 4, batch_first=True)(np.zeros((1, 2, 3, 4)))
+    with pytest.raises(ValueError, match=r"RNN: nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
+        RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match=r"GRU: hidden_size must be a positive integer, got 0"):
+        GRU(3, 0)
+    with pytest.raises(ValueError, match=r"LSTM: dropout must be a probability"):
+        LSTM(3, 4, dropout=1.5)
+
+
+# ---------------------------------------------------------------- GPU: emulated (CI) and real
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
+def cp(request):
+    "As in tests/test_gpu.py: a real GPU through CuPy (marked gpu), or chapter 12b's emulated GPU."
+    if request.param == "cuda":
+        yield pytest.importorskip("cupy")
+        return
+    from neuralbook import cuda_emu
+    if cuda_emu.compiler() is None:
+        if os.environ.get("CI"): pytest.fail("the emulated GPU tests must run in CI: no C++ compiler found")
+        pytest.skip("no C++ compiler for the emulated GPU")
+    with cuda_emu.emulated_gpu(max_blocks=3) as fake:
+        yield fake
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_layer_on_cuda_matches_cpu(cp, kind):
+    rng = np.random.default_rng(9)
+    xs = rng.standard_normal((B, T, I)).astype(np.float32)
+    lengths = np.array([5, 2, 4])
+    res = {}
+    for device in ("cpu", "cuda"):
+        nb.manual_seed(0)
+        m = CLASSES[kind](I, H, num_layers=2, batch_first=True, bidirectional=True).to(device)
+        x = nb.tensor(xs, requires_grad=True, device=device)
+        out, hn = m(x, lengths=lengths)
+        if kind == "LSTM": hn = hn[0]
+        assert out.device == hn.device == m.weight_hh_l0.device
+        (out.sum() + (hn * hn).sum()).backward()
+        res[device] = [out.numpy(), hn.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in m.parameters()]
+    for a, b in zip(res["cpu"], res["cuda"]):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
