@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import neuralbook as nb
+import neuralbook.io as nio
 import neuralbook.learner as L
 from neuralbook import finetune as ft
 from neuralbook.data import DataLoader, TensorDataset
@@ -109,7 +110,7 @@ def test_crash_half_way_through_a_write_keeps_the_previous_checkpoint(tmp_path, 
         f.flush()
         raise OSError("simulated crash: disk full half-way")
 
-    monkeypatch.setattr(ft, "_write_bytes", half_then_crash)
+    monkeypatch.setattr(nio, "_write_blob", half_then_crash)  # the writer moved to chapter 08c's neuralbook.io
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(path, model, opt, epoch=1)
     monkeypatch.undo()

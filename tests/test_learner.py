@@ -12,6 +12,7 @@ import pytest
 
 import neuralbook as nb
 import neuralbook.learner as L
+import neuralbook.io as nio
 from neuralbook import nn, optim
 from neuralbook.data import DataLoader, StandardScaler, TensorDataset, train_test_split
 from neuralbook.learner import (
@@ -675,7 +676,7 @@ def test_checkpoint_survives_a_crash_half_way(tmp_path, monkeypatch):
     def dies_half_way(f, blob):
         f.write(blob[: len(blob) // 2]); f.flush()
         raise OSError("disk full (simulated)")
-    monkeypatch.setattr(L, "_write_blob", dies_half_way)
+    monkeypatch.setattr(nio, "_write_blob", dies_half_way)  # the writer moved to chapter 08c's neuralbook.io
     with pytest.raises(OSError, match="disk full"):
         learn.fit(3, start_epoch=1)  # train_loss improves at epoch 1: the checkpoint write dies half-way
     assert path.read_bytes() == before and same_weights(load_safetensors(path)[0], w_before)
@@ -796,3 +797,68 @@ def test_save_safetensors_keeps_0d_arrays(tmp_path):
     save_safetensors_atomic(tmp_path / "x.safetensors", {"n": np.array(3, dtype=np.int64), "w": np.ones((2, 2))}, {})
     tensors, _ = load_safetensors(tmp_path / "x.safetensors")
     assert tensors["n"].shape == () and tensors["n"] == 3
+
+
+# ---------------------------------------------------------------- bad data at the door (issue 21)
+
+def test_fit_refuses_empty_loaders_before_the_first_epoch():
+    class Count(Callback):
+        n = 0
+        def before_epoch(self): Count.n += 1
+    learn = tiny(Count())
+    learn.train_dl = DataLoader(TensorDataset(XS[:0], YS[:0]), 6)
+    with pytest.raises(ValueError, match=r"Learner\.fit: the training loader \(DataLoader: 0 samples, batch_size=6, "
+                                         r"drop_last=False\) yields no batch"):
+        learn.fit(2)
+    learn = tiny(Count())
+    learn.valid_dl = DataLoader(TensorDataset(XS[:3], YS[:3]), 4, drop_last=True)
+    with pytest.raises(ValueError, match=r"the validation loader .*drop_last=True\) yields no batch.*valid_dl=None"):
+        learn.fit(1)
+    assert Count.n == 0
+    learn = tiny()
+    learn.train_dl = iter(())                                    # no len(): found out at the end of the first phase
+    with pytest.raises(ValueError, match=r"the training loader \(tuple_iterator\) yields no batch"):
+        learn.fit(1)
+
+
+def test_nan_inputs_warn_once_raise_or_pass():
+    import warnings
+    X = XS.copy()
+    X[7, 1] = np.inf
+    def learner(**kw):
+        nb.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 3))
+        return Learner(m, cross_entropy, optim.SGD(m.parameters(), lr=0.1), DataLoader(TensorDataset(X, YS), 6), **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learner().fit(3)
+    msgs = [str(w.message) for w in caught if str(w.message).startswith("Learner")]  # (NumPy adds its own)
+    assert len(msgs) == 1 and "input 0 of training batch 1 (epoch 0) holds 1 NaN or infinite value(s) of 16" in msgs[0]
+    with pytest.raises(ValueError, match=r"training batch 1 \(epoch 0\) holds 1 NaN.*check_inputs='off'"):
+        learner(check_inputs="raise").fit(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learner(check_inputs="off").fit(1)
+        tiny().fit(2)                                            # finite data: no warning
+    assert not [w for w in caught if str(w.message).startswith("Learner")]
+    with pytest.raises(ValueError, match=r"check_inputs must be 'warn', 'raise' or 'off', got 'yes'"):
+        learner(check_inputs="yes")
+
+
+def test_learner_load_verifies_the_digest_and_old_files_need_verify_false(tmp_path):
+    learn = tiny()
+    p = learn.save(tmp_path / "m.safetensors")
+    raw = bytearray(p.read_bytes()); raw[-2] ^= 0x10
+    p.write_bytes(bytes(raw))
+    fresh = tiny()
+    before = weights(fresh.model)
+    with pytest.raises(ValueError, match=r"Learner\.load: .*m\.safetensors: the metadata or the tensor data does not "
+                                         r"match the SHA-256 digest"):
+        fresh.load(p)
+    assert same_weights(weights(fresh.model), before)
+    from safetensors.numpy import save                            # what Learner.save wrote before chapter 08c
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(save({k: v for k, v in weights(learn.model).items()}, metadata={"neuralbook": '{"epoch": 4}'}))
+    with pytest.raises(ValueError, match=r"has no digest .*verify=False"):
+        fresh.load(old)
+    assert fresh.load(old, verify=False) == {"epoch": 4} and same_weights(weights(fresh.model), weights(learn.model))
