@@ -57,11 +57,20 @@ def test_tensordataset_bad_input():
 def test_loader_len_and_drop_last():
     ds = ids_ds(10)
     assert len(DataLoader(ds, 4)) == 3 and len(DataLoader(ds, 4, drop_last=True)) == 2
-    assert len(DataLoader(ds, 5, drop_last=True)) == 2 and len(DataLoader(ds, 11, drop_last=True)) == 0
+    assert len(DataLoader(ds, 5, drop_last=True)) == 2 and len(DataLoader(ds, 10, drop_last=True)) == 1
     assert [len(o) for o in orders(DataLoader(ds, 4))] == [4, 4, 2]
     assert orders(DataLoader(ds, 4, drop_last=True)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert orders(DataLoader(ds, 11, drop_last=True)) == []
-    assert len(list(DataLoader(TensorDataset(np.zeros((0, 2))), 3))) == 0
+    # a loader with no batch at all is refused when it is built (issue 21), not run for zero steps
+    with pytest.raises(ValueError, match=r"DataLoader: drop_last=True with batch_size=11 drops all 10 samples"):
+        DataLoader(ds, 11, drop_last=True)
+    with pytest.raises(ValueError, match=r"TensorDataset: the arrays hold no samples \(shapes \(0, 2\)\)"):
+        TensorDataset(np.zeros((0, 2)))
+
+    class Empty:
+        def __len__(self): return 0
+        def __getitem__(self, i): raise IndexError(i)
+    with pytest.raises(ValueError, match=r"DataLoader: the dataset Empty is empty \(len 0\)"):
+        DataLoader(Empty(), 3)
 
 
 def test_loader_yields_tuples_of_tensors_batch_first():
@@ -99,7 +108,7 @@ def test_loader_order_is_fixed_when_epoch_starts():
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(0, 200), bs=st.integers(1, 64), shuffle=st.booleans(), seed=st.integers(0, 10**6))
+@given(n=st.integers(1, 200), bs=st.integers(1, 64), shuffle=st.booleans(), seed=st.integers(0, 10**6))
 def test_every_sample_exactly_once_per_epoch(n, bs, shuffle, seed):
     dl = DataLoader(ids_ds(n), bs, shuffle=shuffle, seed=seed)
     for _ in range(2):

@@ -391,11 +391,18 @@ def test_shape_mismatch_names_both_shapes():
 
 def test_wrong_dtypes():
     x = nb.tensor(np.zeros((4, 3)))
-    with pytest.raises(TypeError, match=r"nll_loss: target must hold integer class labels, got dtype float64"):
-        L.nll_loss(x, np.zeros(4))
-    with pytest.raises(TypeError, match=r"cross_entropy: target of shape \(4,\) has dtype float64: class labels must "
-                                        r"be integers"):
-        L.cross_entropy(x, np.zeros(4))
+    # integral float labels (as read from a CSV) are labels; non-integral ones are refused (issue 21)
+    assert L.nll_loss(x, np.zeros(4)).item() == L.nll_loss(x, np.zeros(4, np.int64)).item()
+    assert L.cross_entropy(x, np.array([0.0, 1.0, 2.0, 1.0])).item() == L.cross_entropy(x, np.array([0, 1, 2, 1])).item()
+    with pytest.raises(ValueError, match=r"nll_loss: target value 0.5 is not a class label: sparse labels are integers"):
+        L.nll_loss(x, np.array([0.0, 0.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"cross_entropy: target value 1.5 is not a class label.*np.rint\(target\)"
+                                         r".*class probabilities of the input's shape \(4, 3\)"):
+        L.cross_entropy(x, np.array([0.0, 1.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"cross_entropy: target value nan is not a class label"):
+        L.cross_entropy(x, np.array([0.0, np.nan, 1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"nll_loss: target must hold integer class labels, got dtype bool"):
+        L.nll_loss(x, np.zeros(4, bool))
     with pytest.raises(TypeError, match=r"mse_loss: input must be floating point, got int64"):
         L.mse_loss(np.zeros(3, np.int64), np.zeros(3))
 
