@@ -524,8 +524,8 @@ def test_batch_begin_callbacks_are_called():
 def test_fit_batches_are_the_dataloaders(monkeypatch):
     "fit's loader yields the DataLoader's batches (same permutations of the generator), views when unshuffled."
     from neuralbook.data import DataLoader, TensorDataset
-    from neuralbook.keras import _Batches
-    import neuralbook.keras as K
+    from neuralbook.keras.trainers.data_adapter import _Batches
+    import neuralbook.keras.trainers.data_adapter as K
     X = np.arange(46 * 3, dtype=np.float32).reshape(46, 3)
     y = np.arange(46)
     for shuffle in (False, True):

@@ -9,7 +9,8 @@ import pytest
 import neuralbook as nb
 from neuralbook import keras
 from neuralbook.backend import default_generator
-from neuralbook.keras_conv import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D, average_pool, conv, max_pool
+from neuralbook.keras.layers.convolutional import conv
+from neuralbook.keras.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D, average_pool, max_pool
 from tests.helpers import compare_with_torch, torch
 
 tF = torch.nn.functional if torch is not None else None
@@ -49,7 +50,7 @@ def torch_pad(x, hw, k, s, d, padding, value=0.0):
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_layers_are_in_keras_layers_and_registered_for_load_model():
-    from neuralbook.keras import _LAYER_CLASSES
+    from neuralbook.keras.layers.layer import _LAYER_CLASSES
     for name in ["Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "BatchNormalization"]:
         cls = getattr(L, name)
         assert _LAYER_CLASSES[name] is cls
