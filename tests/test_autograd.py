@@ -132,6 +132,58 @@ def test_backward_frees_saved_buffers():
     assert node.y_data is None
 
 
+def _mlp_step_memory(retain_graph):
+    "Bytes allocated by the forward pass of an MLP step, and bytes still held after backward with the loss kept."
+    import tracemalloc
+    from neuralbook import nn
+    from neuralbook.losses import cross_entropy
+    nb.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    x = nb.tensor(np.random.default_rng(0).normal(size=(128, 64)).astype(np.float32))
+    t = np.random.default_rng(1).integers(0, 10, 128)
+    cross_entropy(model(x), t).backward()        # a first step: the .grad arrays exist (accumulated in place later)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        loss = cross_entropy(model(x), t)
+        activations = tracemalloc.get_traced_memory()[0] - base
+        loss.backward(retain_graph=retain_graph)
+        kept = tracemalloc.get_traced_memory()[0] - base    # no gc.collect(): reference counting alone frees it
+    finally:
+        tracemalloc.stop()
+    return loss, activations, kept
+
+
+def test_a_kept_loss_does_not_pin_the_activations():
+    "Issue 21: after backward() the graph lets go of the step's activations; the kept loss costs about its own value."
+    loss, activations, kept = _mlp_step_memory(retain_graph=False)
+    assert activations > 200_000                           # (128×256 float32 activations, twice, and more)
+    assert kept < 0.03 * activations, (kept, activations)  # was 97 % before the fix; PyTorch keeps only small nodes
+    assert loss.creator.inputs is None and loss.creator.x_data is None
+    with pytest.raises(RuntimeError, match="backward through the graph a second time.*retain_graph=True"):
+        loss.backward()
+
+
+def test_retain_graph_keeps_what_a_second_backward_needs():
+    "The measurement is meaningful: with retain_graph=True the same kept loss holds the activations."
+    loss, activations, kept = _mlp_step_memory(retain_graph=True)
+    assert kept > 0.5 * activations
+    loss.backward()                                         # and the second backward works
+
+
+def test_tensors_the_user_holds_keep_their_values_after_backward():
+    x = nb.tensor(np.ones((3, 4)), requires_grad=True)
+    h = (x * 2.0).exp()
+    loss = (h * 3.0).sum()
+    loss.backward()
+    np.testing.assert_allclose(h.numpy(), np.exp(2.0))     # only the graph dropped its edges
+    np.testing.assert_allclose(x.grad.numpy(), 6 * np.exp(2.0))
+    shared = (h * 1.0).sum()                                # a new graph through h's freed creator
+    with pytest.raises(RuntimeError, match="second time"):
+        shared.backward()
+
+
 def test_default_float_dtype_and_dtype_preservation():
     assert nb.tensor([1.0]).dtype == np.float32
     assert nb.tensor(np.zeros(2)).dtype == np.float64
