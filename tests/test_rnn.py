@@ -1,4 +1,4 @@
-"""Chapter 14: RNN, LSTM, GRU against PyTorch (weights copied in, float64, forward and every gradient), gradient
+"""Chapter 14: RNN, LSTM, GRU (and their one-step cells) against PyTorch (weights copied in, float64, forward and every gradient), gradient
 checks of the fused cells, variable-length batches against packed sequences, dropout, bad input, the emulated GPU."""
 import itertools
 import os
@@ -267,3 +267,46 @@ def test_layer_on_cuda_matches_cpu(cp, kind):
         res[device] = [out.numpy(), hn.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in m.parameters()]
     for a, b in zip(res["cpu"], res["cuda"]):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- single-step cells
+@pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("batched,with_h0,bias", [(True, False, True), (True, True, True), (False, True, False)])
+def test_cells_against_torch(kind, batched, with_h0, bias):
+    torch = pytest.importorskip("torch")
+    from neuralbook import rnn
+    kw = {"nonlinearity": "relu"} if kind == "RNNCell" and not bias else {}
+    nb.manual_seed(0)
+    ours = getattr(rnn, kind)(I, H, bias=bias, dtype=np.float64, **kw)
+    theirs = getattr(torch.nn, kind)(I, H, bias=bias, dtype=torch.float64, **kw)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    rng = np.random.default_rng(10)
+    xs = rng.standard_normal((B, I) if batched else (I,))
+    ss = [rng.standard_normal((B, H) if batched else (H,)) for _ in range(2 if kind == "LSTMCell" else 1)]
+    x, tx = nb.tensor(xs, requires_grad=True), torch.tensor(xs, requires_grad=True)
+    s, ts = [nb.tensor(a, requires_grad=True) for a in ss], [torch.tensor(a, requires_grad=True) for a in ss]
+    hx = (tuple(s) if kind == "LSTMCell" else s[0]) if with_h0 else None
+    thx = (tuple(ts) if kind == "LSTMCell" else ts[0]) if with_h0 else None
+    outs, touts = ours(x, hx), theirs(tx, thx)
+    outs, touts = (list(outs), list(touts)) if kind == "LSTMCell" else ([outs], [touts])
+    vs = [rng.standard_normal(o.shape) for o in outs]
+    sum(((o * v).sum() for o, v in zip(outs, vs)), nb.tensor(0.0, dtype=np.float64)).backward()
+    sum((o * torch.tensor(v)).sum() for o, v in zip(touts, vs)).backward()
+    for a, b in zip(outs, touts):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), atol=1e-9)
+    if with_h0:
+        for a, b in zip(s, ts): np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), atol=1e-9)
+    for n, p in theirs.named_parameters():
+        np.testing.assert_allclose(getattr(ours, n).grad.numpy(), p.grad.numpy(), atol=1e-9, err_msg=n)
+
+
+def test_cells_bad_input():
+    from neuralbook.rnn import GRUCell, LSTMCell
+    with pytest.raises(ValueError, match=r"LSTMCell\(3, 4\): expected an input \(B, 3\) or unbatched \(3,\), got shape \(2, 5\)"):
+        LSTMCell(3, 4)(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"GRUCell\(3, 4\): the state has shape \(2, 5\), expected \(2, 4\)"):
+        GRUCell(3, 4)(np.zeros((2, 3), np.float32), np.zeros((2, 5), np.float32))
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h, c\)"):
+        LSTMCell(3, 4)(np.zeros((2, 3), np.float32), (np.zeros((2, 4), np.float32),))
