@@ -64,15 +64,18 @@ def zeros_deflate(total: int, block: int = 2**24) -> bytes:
     return one * (total // block) + c.flush()
 
 
-def zip_with_member(path, name: str, deflated: bytes, declared: int, crc: int = 0):
-    "A one-member zip written by hand: a deflated member whose directory declares `declared` inflated bytes."
-    n = name.encode()
-    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(deflated), declared, len(n), 0)
-    central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc, len(deflated), declared,
-                          len(n), 0, 0, 0, 0, 0, 0)
-    cd_offset = len(local) + len(n) + len(deflated)
-    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(central) + len(n), cd_offset, 0)
-    path.write_bytes(local + n + deflated + central + n + end)
+def zip_with_member(path, name: str, deflated: bytes, declared: int, crc: int = 0, more=()):
+    """A zip written by hand: a deflated member whose directory declares `declared` inflated bytes (plus `more`:
+    (name, deflated, declared, crc) tuples)."""
+    local, central = b"", b""
+    for name, data, size, crc in [(name, deflated, declared, crc), *more]:
+        n = name.encode()
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc, len(data), size,
+                               len(n), 0, 0, 0, 0, 0, len(local)) + n
+        local += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(data), size, len(n), 0) + n + data
+    count = 1 + len(more)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, len(central), len(local), 0)
+    path.write_bytes(local + central + end)
     return path
 
 
@@ -227,6 +230,10 @@ def _zip_member_count(t):
     return CheckedZip(make_zip(t / "many.zip", {f"m{i}": b"" for i in range(20)}), max_members=10)
 
 
+def _zip_is_a_directory(t):
+    return CheckedZip(t, "load_model")
+
+
 def _not_a_zip(t):
     return CheckedZip(write(t, b"not a zip at all", "x.keras"))
 
@@ -245,6 +252,40 @@ def _checkpoint_arch_beyond_weights(t):
                      {"kind": "weights", "arch": {"name": "mlp", "config": {"in_features": 1000, "hidden": [],
                                                                             "num_classes": 1000}}})
     return ft.model_from_checkpoint(t / "ck.safetensors")
+
+
+def _keras_checkpoint_huge_dense(t):
+    from neuralbook import finetune as ft
+    cfg = {"class_name": "Sequential", "config": {"input_layer": {"batch_shape": [None, 100_000]},
+                                                  "layers": [{"class_name": "Dense", "config": {"units": 100_000}}]}}
+    save_safetensors(t / "k.safetensors", {"dense.kernel": np.zeros(4, np.float32)},
+                     {"arch": {"name": "keras", "config": cfg}})
+    return ft.model_from_checkpoint(t / "k.safetensors")
+
+
+def _checkpoint_bad_config(t):
+    from neuralbook import finetune as ft
+    save_safetensors(t / "c.safetensors", {"w": np.zeros(4, np.float32)},
+                     {"arch": {"name": "mlp", "config": {"in_features": "64", "num_classes": 3}}})
+    return ft.model_from_checkpoint(t / "c.safetensors")
+
+
+def _npz_header_lies(t):
+    from neuralbook import finetune as ft
+    import io as pyio
+    buf = pyio.BytesIO()
+    np.save(buf, np.zeros((2, 3), np.float32))
+    raw = buf.getvalue().replace(b"(2, 3)", b"(2000000000, 3)").replace(b" " * 9 + b"\n", b"\n", 1)  # 24 GB
+    make_zip(t / "d.npz", {"X.npy": raw, "y.npy": buf.getvalue()})
+    return ft.load_dataset(str(t / "d.npz"))
+
+
+def _npz_zip_bomb(t):
+    from neuralbook import finetune as ft
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    y = c.compress(b"") + c.flush()
+    return ft.load_dataset(str(zip_with_member(t / "b.npz", "X.npy", zeros_deflate(2**31), 2**31,
+                                               more=[("y.npy", y, 0, 0)])))
 
 
 def _empty_loader(t):
@@ -302,11 +343,21 @@ BAD = [
                                                               r"safetensors': its header claims"),
     ("zip member count", _zip_member_count, ValueError, r"many\.zip: it declares 20 members, more than the limit of 10"),
     ("not a zip", _not_a_zip, ValueError, r"x\.keras: it is not a valid zip archive"),
+    ("zip path is a directory", _zip_is_a_directory, OSError, r"load_model: cannot open .*: Is a directory"),
     ("checkpoint claims a 100000x100000 MLP", _checkpoint_huge_arch, ValueError,
      r"model_from_checkpoint: .*ck\.safetensors: the architecture declares 10,000,100,000 parameters, more than the "
      r"limit"),
     ("checkpoint arch beyond its weights", _checkpoint_arch_beyond_weights, ValueError,
      r"declares 1,001,000 parameters but the file holds only 4 numbers"),
+    ("keras checkpoint claims Dense(100000) on 100000 inputs", _keras_checkpoint_huge_dense, ValueError,
+     r"k\.safetensors: the architecture declares 10,000,100,000 parameters"),
+    ("checkpoint config of the wrong type", _checkpoint_bad_config, ValueError,
+     r"c\.safetensors: the config .* of architecture 'mlp' is not valid: in_features must be integers >= 1, got '64'"),
+    ("npz header claims 24 GB", _npz_header_lies, ValueError,
+     r"load_dataset: .*d\.npz: member 'X\.npy': its header declares shape \(2000000000, 3\) of float32 "
+     r"\(24,000,000,000 bytes\) but 24 follow"),
+    ("npz member declares 2 GiB", _npz_zip_bomb, ValueError, r"load_dataset: .*b\.npz: member 'X\.npy': it declares "
+                                                             r"2,147,483,648 bytes"),
     ("fit on an empty loader", _empty_loader, ValueError, r"Learner\.fit: the training loader \(DataLoader: 0 samples, batch_size=4, drop_last=False\) yields no batch"),
 ]
 
@@ -335,7 +386,8 @@ _BOMB_CHILD = textwrap.dedent("""
         try: T.CheckedZip(tmp / path).read("w"); print("LOADED")
         except ValueError as e: print("refused:", str(e)[-60:])
     for name in ("checkpoint claims a 100000x100000 MLP", "header too large", "tensor count bomb",
-                 "declared bytes beyond the file", "header nested 100000 deep"):
+                 "declared bytes beyond the file", "header nested 100000 deep",
+                 "keras checkpoint claims Dense(100000) on 100000 inputs", "npz header claims 24 GB"):
         try: rows[name][1](tmp); print("LOADED")
         except ValueError as e: print("refused:", name)
 """)
@@ -348,7 +400,7 @@ def test_memory_bombs_refused_under_a_100mb_address_space_cap(tmp_path):
                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
-    assert len(lines) == 7 and all(l.startswith("refused:") for l in lines), r.stdout
+    assert len(lines) == 9 and all(l.startswith("refused:") for l in lines), r.stdout
 
 
 def test_zip_bomb_peak_python_memory_under_100mb(tmp_path):
@@ -417,6 +469,9 @@ def test_tensors_and_metadata_can_be_given_as_tensors_and_must_be_json(tmp_path)
         save_safetensors(tmp_path / "u.safetensors", {"w": np.ones(2)}, {"f": object()})
     with pytest.raises(TypeError, match="save_safetensors: the metadata must be a dict"):
         save_safetensors(tmp_path / "u.safetensors", {"w": np.ones(2)}, [1])
+    big_endian = np.arange(3, dtype=">f4")                       # stored little-endian, read back equal
+    p = save_safetensors(tmp_path / "be.safetensors", {"x": big_endian})
+    assert np.array_equal(load_safetensors(p)[0]["x"], big_endian)
     with pytest.raises(TypeError, match="tensor 'c' has dtype complex128"):
         save_safetensors(tmp_path / "u.safetensors", {"c": np.ones(2, complex)})
     assert not (tmp_path / "u.safetensors").exists()

@@ -825,22 +825,28 @@ def test_nan_inputs_warn_once_raise_or_pass():
     import warnings
     X = XS.copy()
     X[7, 1] = np.inf
-    def learner(**kw):
+    batches = [(nb.tensor(X[:6]), nb.tensor(YS[:6])), (nb.tensor(X[6:]), nb.tensor(YS[6:]))]  # a loader without arrays
+    def learner(dl=None, **kw):
         nb.manual_seed(0)
         m = nn.Sequential(nn.Linear(4, 3))
-        return Learner(m, cross_entropy, optim.SGD(m.parameters(), lr=0.1), DataLoader(TensorDataset(X, YS), 6), **kw)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        learner().fit(3)
-    msgs = [str(w.message) for w in caught if str(w.message).startswith("Learner")]  # (NumPy adds its own)
+        return Learner(m, cross_entropy, optim.SGD(m.parameters(), lr=0.1),
+                       DataLoader(TensorDataset(X, YS), 6) if dl is None else dl, **kw)
+    def learner_warnings(learn, epochs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            learn.fit(epochs)
+        return [str(w.message) for w in caught if str(w.message).startswith("Learner")]  # (NumPy adds its own)
+    msgs = learner_warnings(learner(), 3)                        # a TensorDataset: its arrays, once, at fit
+    assert len(msgs) == 1 and "input 0 of the training data holds 1 NaN or infinite value(s) of 40" in msgs[0]
+    msgs = learner_warnings(learner(batches), 3)                 # other loaders: batch by batch, in the first epoch
     assert len(msgs) == 1 and "input 0 of training batch 1 (epoch 0) holds 1 NaN or infinite value(s) of 16" in msgs[0]
-    with pytest.raises(ValueError, match=r"training batch 1 \(epoch 0\) holds 1 NaN.*check_inputs='off'"):
+    with pytest.raises(ValueError, match=r"input 0 of the training data holds 1 NaN.*check_inputs='off'"):
         learner(check_inputs="raise").fit(1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        learner(check_inputs="off").fit(1)
-        tiny().fit(2)                                            # finite data: no warning
-    assert not [w for w in caught if str(w.message).startswith("Learner")]
+    with pytest.raises(ValueError, match=r"training batch 1 \(epoch 0\) holds 1 NaN"):
+        learner(batches, check_inputs="raise").fit(1)
+    assert learner_warnings(learner(check_inputs="off"), 1) == learner_warnings(learner(batches, check_inputs="off"),
+                                                                                1) == []
+    assert learner_warnings(tiny(), 2) == []                     # finite data: no warning
     with pytest.raises(ValueError, match=r"check_inputs must be 'warn', 'raise' or 'off', got 'yes'"):
         learner(check_inputs="yes")
 
