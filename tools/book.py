@@ -19,24 +19,47 @@ MathJax 2.7 is copied from the `jupyter-server-mathjax` wheel into the site, so 
 """
 from __future__ import annotations
 
-import argparse, ast, copy, functools, http.server, importlib, inspect, json, os, re, shutil, subprocess, sys, time
+import argparse
+import ast
+import copy
+import functools
+import http.server
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
 MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe,local/neuralbook"
 # MathJax 2 options the nbconvert template does not set. The wheel ships only the STIX-Web fonts, so HTML-CSS output
-# is told to use them; two @font-face rules that would fetch missing or blocked files (the `about:blank` probe font of
-# HTML-CSS, the TeX AMS font of the hidden assistive MathML) are pointed at local() fonts, which fetch nothing.
+# is told to use them; the @font-face rules that would fetch missing or blocked files (the `about:blank` probe font of
+# HTML-CSS; the TeX fonts that the hidden assistive MathML names for \mathbb, \mathcal, \mathfrak) are pointed at
+# local() fonts, which fetch nothing. The whole page is typeset in one pass (no preview pass, no chunk delays).
+_NATIVE_FONTS = [("MathJax_Caligraphic-WEB", ""), ("MathJax_Caligraphic-WEB", "bold"), ("MathJax_AMS-WEB", ""),
+                 ("MathJax_Script-WEB", ""), ("MathJax_Fraktur-WEB", ""), ("MathJax_Fraktur-WEB", "bold")]
+_NATIVE_STYLES = ",\n".join(
+    f'    "@font-face /*{i}*/": {{"font-family": "{fam}", src: "local(\'{fam}\')"'
+    + (f', "font-weight": "{w}"' if w else "") + "}" for i, (fam, w) in enumerate(_NATIVE_FONTS, 1))
 MATHJAX_LOCAL = """MathJax.Hub.Config({
   "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null,
+               EqnChunk: 1000, EqnChunkFactor: 1, EqnChunkDelay: 0,
                styles: {"@font-face": {"font-family": "MathJax_Blank", src: "local('MathJax_Blank')"}}},
-  NativeMML: {styles: {"@font-face /*3*/": {"font-family": "MathJax_AMS-WEB", src: "local('MathJax_AMS')"}}},
-  menuSettings: {zoom: "None"},
+  NativeMML: {styles: {
+%s
+  }},
+  "fast-preview": {disabled: true},
+  menuSettings: {zoom: "None", CHTMLpreview: false},
   showMathMenu: false
 });
 MathJax.Ajax.loadComplete("[MathJax]/config/local/neuralbook.js");
-"""
+""" % _NATIVE_STYLES
 DIRECTIVE = re.compile(r"^\s*#\|\s*(.*)$")
 
 
@@ -140,7 +163,7 @@ def api_markdown(mod_name: str, names: list[str]) -> str:
     head = f"## API reference\n\nThe names this chapter exports to `{full}`.\n"
     try:
         mod = importlib.import_module(full)
-    except Exception as e:  # keep the book building even when a module cannot be imported here (say, no CuPy)
+    except Exception as e:  # noqa: BLE001 - the book builds even when a module cannot be imported here
         return head + f"\n*The module `{full}` could not be imported while building the book ({type(e).__name__}).*\n"
     public = getattr(mod, "__all__", None)
     out = []
@@ -168,6 +191,22 @@ def api_markdown(mod_name: str, names: list[str]) -> str:
     return head + "\n" + ("\n".join(out) if out else "*No public names.*\n")
 
 
+# a code span/fence (left alone), or a $$...$$ / $...$ math span
+MATH_SPAN = re.compile(r"(```.*?```|~~~.*?~~~|`[^`]*`)|(\$\$.+?\$\$|(?<![\\$])\$(?!\$)[^$]+?(?<!\\)\$)", re.DOTALL)
+
+
+def join_math_lines(md: str) -> str:
+    """Put each math span of a markdown cell on one line, as Jupyter's own renderer protects math from Markdown:
+    a line of a formula that starts with `+`, `-` or `1.` would otherwise become a list item in the rendered page.
+    (TeX reads a line break as a space; spans with a `%` comment or a blank line are left as they are.)"""
+    def one_line(m):
+        span = m.group(2)
+        if m.group(1) or "\n" not in span or "\n\n" in span or "%" in span:
+            return m.group(0)
+        return re.sub(r"[ \t]*\n[ \t]*", " ", span)
+    return MATH_SPAN.sub(one_line, md)
+
+
 def _md_cell(text: str) -> dict:
     return {"cell_type": "markdown", "metadata": {}, "source": text}
 
@@ -190,7 +229,7 @@ def prepare(nb_path: Path, pages: dict[str, str], toc: list[tuple[str, str]]) ->
             c["source"] = "\n".join(lines).strip("\n")
         elif c["cell_type"] == "markdown":
             c["source"] = link.sub(lambda m: m.group(1) + pages.get(m.group(2), m.group(2) + ".ipynb")
-                                   if m.group(2) in pages else m.group(0), _src(c))
+                                   if m.group(2) in pages else m.group(0), join_math_lines(_src(c)))
         cells.append(c)
     mod = default_exp(nb)
     if Path(nb_path).name == "index.ipynb":

@@ -5,20 +5,26 @@ printed outputs (a line of dashes under a line of text) turn into headings that 
 headings with the same text get the same id. Here, after a page is rendered, duplicate heading ids are made unique
 (`tensor`, `tensor_1`, ... as Python-Markdown does) and the table of contents is rebuilt from the h1-h3 headings of
 the HTML, so that every entry links to an anchor that exists.
+
+mkdocs-jupyter also inlines the same stylesheets (575 kB of notebook CSS) into every page; each large <style> block
+is written once to assets/notebook/<hash>.css and linked instead, so pages are 0.6 MB smaller, the browser caches the
+CSS, and the search indexer does not parse it 50 times.
 """
 from __future__ import annotations
 
+import hashlib
 import html as _html
 import re
+from pathlib import Path
 
 from mkdocs.structure.toc import get_toc
 
-HEADING = re.compile(r'<h([1-6])([^>]*?)\sid="([^"]*)"([^>]*)>(.*?)</h\1>', re.S)
+HEADING = re.compile(r'<h([1-6])([^>]*?)\sid="([^"]*)"([^>]*)>(.*?)</h\1>', re.DOTALL)
 TOC_DEPTH = 3
 
 
 def _text(inner: str) -> str:
-    inner = re.sub(r'<a[^>]*class="anchor-link"[^>]*>.*?</a>', "", inner, flags=re.S)
+    inner = re.sub(r'<a[^>]*class="anchor-link"[^>]*>.*?</a>', "", inner, flags=re.DOTALL)
     return _html.unescape(re.sub(r"<[^>]+>", "", inner)).strip()
 
 
@@ -59,7 +65,26 @@ def toc_tokens(heads: list[tuple[int, str, str]], depth: int = TOC_DEPTH) -> lis
     return root
 
 
+STYLE = re.compile(r'<style type="text/css">(.*?)</style>', re.DOTALL)
+SHARED_CSS_MIN = 2000  # characters: smaller <style> blocks stay inline
+
+
+def share_styles(content: str, site_dir: str) -> str:
+    def link(m):
+        css = m.group(1)
+        if len(css) < SHARED_CSS_MIN:
+            return m.group(0)
+        name = f"assets/notebook/{hashlib.sha1(css.encode()).hexdigest()[:12]}.css"
+        path = Path(site_dir) / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(css, encoding="utf-8")
+        return f'<link rel="stylesheet" href="{name}">'  # every page is at the top of the site
+    return STYLE.sub(link, content)
+
+
 def on_page_content(content, page, config, files, **kwargs):
+    content = share_styles(content, config["site_dir"])
     content, heads = unique_ids(content)
     page.toc = get_toc(toc_tokens(heads))
     return content
