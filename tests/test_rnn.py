@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import neuralbook as nb
-from neuralbook.rnn import GRU, LSTM, RNN, GRUCellFn, LSTMCellFn, RNNCellFn, unbind
+from neuralbook.rnn import GRU, LSTM, RNN, GRUCell, GRUCellFn, LSTMCellFn, RNNCellFn, unbind
 
 CLASSES = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 I, H, T, B = 3, 4, 5, 3
@@ -227,6 +227,10 @@ def test_bad_input():
         m(x, lengths=[1, 2, 3])
     with pytest.raises(ValueError, match=r"B, T, input_size"):
         GRU(3, 4, batch_first=True)(np.zeros((1, 2, 3, 4)))
+    with pytest.raises(TypeError, match=r"LSTM\(3, 4\): the input is float64 but the parameters are float32; convert"):
+        m(np.zeros((5, 2, 3)))
+    with pytest.raises(TypeError, match=r"GRUCell\(3, 4\): the input is float64 but the parameters are float32"):
+        GRUCell(3, 4)(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"RNN: nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
         RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match=r"GRU: hidden_size must be a positive integer, got 0"):
@@ -303,7 +307,7 @@ def test_cells_against_torch(kind, batched, with_h0, bias):
 
 
 def test_cells_bad_input():
-    from neuralbook.rnn import GRUCell, LSTMCell
+    from neuralbook.rnn import LSTMCell
     with pytest.raises(ValueError, match=r"LSTMCell\(3, 4\): expected an input \(B, 3\) or unbatched \(3,\), got shape \(2, 5\)"):
         LSTMCell(3, 4)(np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match=r"GRUCell\(3, 4\): the state has shape \(2, 5\), expected \(2, 4\)"):
