@@ -314,3 +314,17 @@ def test_cells_bad_input():
         GRUCell(3, 4)(np.zeros((2, 3), np.float32), np.zeros((2, 5), np.float32))
     with pytest.raises(TypeError, match=r"hx must be a tuple \(h, c\)"):
         LSTMCell(3, 4)(np.zeros((2, 3), np.float32), (np.zeros((2, 4), np.float32),))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_runs_under_autocast(kind):
+    "Under autocast the input projection runs in float16; the recurrence stays float32 and close to the float32 run."
+    nb.manual_seed(0)
+    m = CLASSES[kind](I, H, num_layers=2, bidirectional=True)
+    x = nb.tensor(np.random.default_rng(11).standard_normal((T, B, I)).astype(np.float32))
+    with nb.amp.autocast():
+        out, hn = m(x, lengths=[5, 3, 4])
+    hn = hn[0] if kind == "LSTM" else hn
+    (out.sum() + hn.sum()).backward()
+    assert out.dtype == np.float32 and all(p.grad is not None and p.grad.dtype == np.float32 for p in m.parameters())
+    np.testing.assert_allclose(out.numpy(), m(x, lengths=[5, 3, 4])[0].numpy(), atol=2e-3)
