@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 
 import neuralbook as nb
-from neuralbook.attention import (LearnedPositionalEncoding, MultiheadAttention, SinusoidalPositionalEncoding,
-                                  TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
-                                  TransformerEncoderLayer, causal_mask, generate_square_subsequent_mask,
-                                  scaled_dot_product_attention, sinusoidal_encoding)
+from neuralbook.attention import (
+    LearnedPositionalEncoding,
+    MultiheadAttention,
+    SinusoidalPositionalEncoding,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    causal_mask,
+    generate_square_subsequent_mask,
+    scaled_dot_product_attention,
+    sinusoidal_encoding,
+)
 from neuralbook.norm import LayerNorm
 
 TOL = dict(atol=1e-6, rtol=1e-6)
@@ -230,7 +239,7 @@ def test_mha_gradcheck():
     x = rng.standard_normal((2, 3, 4))
     kpm = np.array([[False, False, True], [False, False, False]])
     for need in (True, False):
-        assert nb.gradcheck(lambda x: mha(x, x, x, key_padding_mask=kpm, need_weights=need)[0], x)
+        assert nb.gradcheck(lambda x, need=need: mha(x, x, x, key_padding_mask=kpm, need_weights=need)[0], x)
     assert nb.gradcheck(lambda w: _with_weight(mha, w, x), mha.in_proj_weight.numpy())
 
 
