@@ -439,3 +439,19 @@ def test_mha_on_gpu_matches_cpu(cp, need_weights):
         out[device] = [y.data, xt.grad.data, mha.in_proj_weight.grad.data]
     for g, c in zip(out["cuda"], out["cpu"]):
         np.testing.assert_allclose(cp.asnumpy(g), c, rtol=2e-5, atol=2e-5)
+
+
+def test_layer_under_autocast_is_close_to_float32():
+    "Chapter 12c: under autocast the attention runs as ops that hold the precision policy (float16 products)."
+    x = nb.tensor(_rng(17).standard_normal((2, 5, 8)).astype(np.float32), requires_grad=True)
+    layer = TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    y32 = layer(x, is_causal=True).numpy()
+    with nb.amp.autocast():
+        y = layer(x, is_causal=True)
+        s = scaled_dot_product_attention(x, x, x, is_causal=True)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), y32, atol=5e-3)
+    np.testing.assert_allclose(s.numpy().astype(np.float32),
+                               scaled_dot_product_attention(x, x, x, is_causal=True).numpy(), atol=5e-3)
+    y.sum().backward()
+    assert x.grad.dtype == np.float32 and np.isfinite(x.grad.numpy()).all()
