@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODULES = ["neuralbook.keras", "neuralbook.keras.activations", "neuralbook.keras.backend",
+MODULES = ["neuralbook.keras", "neuralbook.keras.activations", "neuralbook.keras.backend", "neuralbook.keras.config",
+           "neuralbook.keras.mixed_precision", "neuralbook.keras.optimizers.schedules",
            "neuralbook.keras.initializers", "neuralbook.keras.regularizers", "neuralbook.keras.layers",
            "neuralbook.keras.layers.layer", "neuralbook.keras.layers.core", "neuralbook.keras.layers.merging",
            "neuralbook.keras.layers.reshaping", "neuralbook.keras.layers.convolutional",
@@ -38,6 +39,9 @@ def test_from_imports_as_in_keras_code():
     from neuralbook.keras.models import Model, Sequential, load_model
     from neuralbook.keras.callbacks import EarlyStopping, ModelCheckpoint, TerminateOnNaN, LearningRateScheduler
     from neuralbook.keras.optimizers import Adam, SGD
+    from neuralbook.keras.optimizers.schedules import ExponentialDecay, CosineDecay
+    from neuralbook.keras.mixed_precision import set_global_policy, Policy
+    from neuralbook.keras.config import floatx
     from neuralbook.keras.utils import to_categorical
     from neuralbook.keras.saving import load_model as load_model2
     import neuralbook.keras.layers as L
@@ -47,7 +51,8 @@ def test_from_imports_as_in_keras_code():
     assert utils.to_categorical is to_categorical and saving.load_model is load_model
     assert losses.SparseCategoricalCrossentropy and metrics.SparseCategoricalAccuracy
     for cls in (Flatten, Dropout, BatchNormalization, Activation, Add, Concatenate, Reshape, Embedding, Input,
-                ModelCheckpoint, TerminateOnNaN, LearningRateScheduler, SGD):
+                ModelCheckpoint, TerminateOnNaN, LearningRateScheduler, SGD, ExponentialDecay, CosineDecay,
+                set_global_policy, Policy, floatx):
         assert callable(cls)
 
 
@@ -58,7 +63,7 @@ def test_attribute_paths():
     assert keras.Input is keras.layers.Input and keras.Model is keras.models.Model
     assert keras.Sequential is keras.models.Sequential and issubclass(keras.Sequential, keras.Model)
     assert keras.callbacks.EarlyStopping and keras.saving.load_model is keras.models.load_model
-    assert keras.optimizers.Adam and keras.optimizers.schedules.ExponentialDecay
+    assert keras.optimizers.Adam and keras.optimizers.schedules.ExponentialDecay is keras.optimizers.ExponentialDecay
     assert keras.losses.get("mse") and keras.metrics.get("mae") and keras.utils.to_categorical([1]).shape == (1, 2)
     assert keras.regularizers.l2 and keras.initializers.HeNormal and keras.activations.relu
     assert keras.backend.clear_session is keras.clear_session is keras.utils.clear_session
