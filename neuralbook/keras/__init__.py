@@ -8,7 +8,7 @@ __all__ = ['activations', 'backend', 'callbacks', 'config', 'initializers', 'mix
            'clear_session', 'floatx', 'get_device', 'global_policy', 'set_device', 'set_global_policy', 'Input',
            'InputLayer', 'KerasTensor', 'Layer', 'Model', 'Sequential']
 
-# %% ../../nbs/10d_keras_7_keras.ipynb #6eb02ab5
+# %% ../../nbs/10d_keras_7_keras.ipynb #0e83a385
 from . import (activations, backend, callbacks, config, initializers, layers, losses, metrics,
                               mixed_precision, models, optimizers, regularizers, saving, trainers, utils)
 from .backend import (POLICY_RUNTIME, Policy, clear_session, floatx, get_device, global_policy,
