@@ -806,9 +806,9 @@ def test_fit_refuses_empty_loaders_before_the_first_epoch():
         n = 0
         def before_epoch(self): Count.n += 1
     learn = tiny(Count())
-    learn.train_dl = DataLoader(TensorDataset(XS[:0], YS[:0]), 6)
-    with pytest.raises(ValueError, match=r"Learner\.fit: the training loader \(DataLoader: 0 samples, batch_size=6, "
-                                         r"drop_last=False\) yields no batch"):
+    learn.train_dl = DataLoader(TensorDataset(XS[:5], YS[:5]), 6, drop_last=True)
+    with pytest.raises(ValueError, match=r"Learner\.fit: the training loader \(DataLoader: 5 samples, batch_size=6, "
+                                         r"drop_last=True\) yields no batch"):
         learn.fit(2)
     learn = tiny(Count())
     learn.valid_dl = DataLoader(TensorDataset(XS[:3], YS[:3]), 4, drop_last=True)
