@@ -805,14 +805,18 @@ def test_fit_refuses_empty_loaders_before_the_first_epoch():
     class Count(Callback):
         n = 0
         def before_epoch(self): Count.n += 1
+    class Empty:                                                 # a loader with len() == 0
+        dataset, batch_size, drop_last = XS[:5], 6, True
+        def __len__(self): return 0
+        def __iter__(self): return iter(())
     learn = tiny(Count())
-    learn.train_dl = DataLoader(TensorDataset(XS[:5], YS[:5]), 6, drop_last=True)
-    with pytest.raises(ValueError, match=r"Learner\.fit: the training loader \(DataLoader: 5 samples, batch_size=6, "
+    learn.train_dl = Empty()
+    with pytest.raises(ValueError, match=r"Learner\.fit: the training loader \(Empty: 5 samples, batch_size=6, "
                                          r"drop_last=True\) yields no batch"):
         learn.fit(2)
     learn = tiny(Count())
-    learn.valid_dl = DataLoader(TensorDataset(XS[:3], YS[:3]), 4, drop_last=True)
-    with pytest.raises(ValueError, match=r"the validation loader .*drop_last=True\) yields no batch.*valid_dl=None"):
+    learn.valid_dl = []
+    with pytest.raises(ValueError, match=r"the validation loader \(list\) yields no batch.*valid_dl=None"):
         learn.fit(1)
     assert Count.n == 0
     learn = tiny()
