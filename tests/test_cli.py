@@ -1,4 +1,4 @@
-"""Chapter 10b: the command line — `neuralbook train`, `chapters`, `--version`, the plugin hook for subcommands."""
+"""Chapter 10e: the command line — `neuralbook train`, `chapters`, `--version`, the plugin hook for subcommands."""
 import json
 import shutil
 import subprocess
