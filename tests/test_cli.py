@@ -157,3 +157,62 @@ def test_plugins_add_subcommands(tmp_path, monkeypatch, capsys):
     if importlib.util.find_spec("neuralbook.finetune") and hasattr(__import__("neuralbook.finetune").finetune,
                                                                      "add_finetune_parser"):
         assert "finetune" in cli.build_parser().format_help()
+
+
+# ------------------------------------------------------------- issue 21: the command line checks before it trains
+@pytest.mark.parametrize("argv, fragment", [
+    (["--lr", "inf"], "argument --lr: must be finite, got inf"),
+    (["--lr", "nan"], "argument --lr: must be finite, got nan"),
+    (["--lr", "-1"], "argument --lr: must be > 0, got -1"),
+    (["--validation-split", "1.5"], "argument --validation-split: must be in [0, 1), got 1.5"),
+    (["--dropout", "1.5"], "argument --dropout: must be in [0, 1), got 1.5"),
+    (["--dropout", "-0.1"], "argument --dropout: must be in [0, 1), got -0.1"),
+    (["--test-size", "2"], "argument --test-size: must be in (0, 1), got 2"),
+    (["--test-size", "0"], "argument --test-size: must be in (0, 1), got 0"),
+    (["--epochs", "x"], "argument --epochs: must be a int, got 'x'"),
+])
+def test_bad_values_are_usage_errors(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "iris", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_unwritable_out_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(cli, "_fit_mlp", lambda *a, **k: pytest.fail("trained although --out cannot be written"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "iris", "--out", str(blocker / "runs")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--out {blocker / 'runs'}: cannot write there" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_fit_mlp", interrupted)
+    status, out, err = run(capsys, "train", "iris", "--out", str(tmp_path))
+    assert status == 130 and err.strip().count("\n") == 0
+    assert "interrupted (Ctrl-C)" in err and "nothing was saved" in err
+    with pytest.raises(KeyboardInterrupt):          # --debug shows what happened
+        cli.main(["--debug", "train", "iris", "--out", str(tmp_path)])
+
+
+def test_missing_checkpoint_is_one_line_and_exit_1(tmp_path, capsys):
+    status, out, err = run(capsys, "finetune", "--from", str(tmp_path / "missing"), "iris")
+    assert status == 1 and err.strip().count("\n") == 0 and "does not exist" in err and "Traceback" not in err
+
+
+def test_ctrl_c_as_a_program(tmp_path):
+    "A real SIGINT to a running `neuralbook train`: one line on stderr, exit status 130, no traceback."
+    import signal, time
+    code = ("import sys, time; from neuralbook import cli\n"
+            "cli._fit_mlp = lambda *a, **k: (print('training', flush=True), time.sleep(60))\n"
+            "sys.exit(cli.main())")
+    p = subprocess.Popen([sys.executable, "-c", code, "train", "iris", "--out", str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert p.stdout.readline().strip() == "training"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0 and "interrupted" in err
