@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 
 from .. import regularization as _reg
-from ..learner import ModelCheckpoint as _LearnerCheckpoint, _resolve_mode
+from ..learner import CancelFitException, CancelTrainException
+from ..learner import ModelCheckpoint as _LearnerCheckpoint, TerminateOnNaN as _LearnerTerminateOnNaN
+from ..learner import _resolve_mode
 
 # %% auto #0
 __all__ = ['Callback', 'History', 'EarlyStopping', 'ModelCheckpoint', 'LambdaCallback', 'LearningRateScheduler',
@@ -158,8 +160,24 @@ class ReduceLROnPlateau(Callback):
                                            f"{self.model.optimizer.learning_rate}.")
                 self.cooldown_counter, self.wait = self.cooldown, 0
 
+class _NaNGuard(_LearnerTerminateOnNaN):
+    """Chapter 09's `TerminateOnNaN` inside the Keras fit: the loss is checked after it is computed and *before*
+    backward and the optimiser step, so the weights stay the last finite ones. The epoch ends (its logs and
+    `on_epoch_end` as usual) and the fit stops."""
+    def __init__(self, keras_cb): super().__init__(); self.keras_cb = keras_cb
+    def after_loss(self):
+        try:
+            super().after_loss()
+        except CancelFitException:
+            self.keras_cb.model.stop_training = True
+            raise CancelTrainException(self.message) from None
+
 class TerminateOnNaN(Callback):
-    "Stop training as soon as the loss of a batch is NaN or infinite."
+    """Stop training as soon as the loss of a batch is NaN or infinite, before that batch updates the weights (real
+    Keras checks after the update, leaving NaN weights; here the last finite weights are kept)."""
+    def learner_callback(self):
+        "The chapter-09 callback `fit` adds to its Learner for this callback."
+        return _NaNGuard(self)
     def on_train_batch_end(self, batch, logs=None):
         v = (logs or {}).get("loss")
         if v is not None and not math.isfinite(v):

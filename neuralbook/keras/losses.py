@@ -10,7 +10,7 @@ import numpy as np
 from .. import functional as F
 from .. import losses as _L
 from ..autograd import Tensor
-from ..backend import device_of, to_device
+from ..backend import device_of, get_array_module, to_device
 from .backend import _as_input, _deserialize, _raw, _serialize, _snake_case
 
 # %% auto #0
@@ -47,7 +47,14 @@ def _sparse_labels(fn, y_true, y_pred):
                          f"{tuple(y_pred.shape)}: expected labels of shape {tuple(y_pred.shape[:-1])}"
                          + ("; one-hot targets need categorical_crossentropy"
                             if t.shape == tuple(y_pred.shape) else ""))
-    if t.dtype.kind == "f": t = t.astype(np.int64)
+    if t.dtype.kind == "f":
+        xp = get_array_module(t)
+        if not bool(xp.all(xp.isfinite(t) & (t == xp.trunc(xp.nan_to_num(t))))):
+            bad = to_device(t[~(xp.isfinite(t) & (t == xp.trunc(xp.nan_to_num(t))))][:3], "cpu").tolist()
+            raise ValueError(f"{fn}: the labels must be class indices (integers, or integral floats such as 2.0), "
+                             f"got non-integral or non-finite values such as {bad}; pass integer labels (e.g. "
+                             f"y.astype(int) after checking them), or one-hot targets with categorical_crossentropy")
+        t = t.astype(np.int64)
     return t
 
 # %% ../../nbs/10c_keras_1_losses.ipynb #3009a1da

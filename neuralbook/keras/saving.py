@@ -13,8 +13,10 @@ import zipfile
 import numpy as np
 
 from ..backend import to_device
-from ..learner import atomic_write, load_safetensors, save_safetensors_atomic
+from ..io import (LIMITS, CheckedZip, atomic_write, check_parameter_count, count_elements, load_safetensors,
+                           safetensors_bytes, save_safetensors)
 from .backend import _flatten
+from .layers import layer as _layer_module
 from .layers.layer import InputLayer, _LAYER_CLASSES
 from .losses import Loss, LossFunctionWrapper, _get_loss
 from .metrics import MeanMetricWrapper, Metric, _get_metric
@@ -132,7 +134,6 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)      # fixed timestamps: the same model gives 
 # %% ../../nbs/10d_keras_4_saving.ipynb #4b00aae8
 def save_model(model, filepath, overwrite=True):
     "Save architecture (JSON) and weights (safetensors) to one '.keras' zip file, atomically. No pickle."
-    from safetensors.numpy import save as st_save
     path = str(filepath)
     if not path.endswith(".keras"):
         raise ValueError(f"Model.save: the file name must end in '.keras' (a zip of config.json and "
@@ -142,7 +143,7 @@ def save_model(model, filepath, overwrite=True):
     if not overwrite and os.path.exists(path): raise FileExistsError(f"Model.save: {path} exists and overwrite=False")
     config = {"format": "neuralbook.keras", "format_version": _FORMAT_VERSION, **_model_config(model),
               "compile_config": _compile_config(model)}
-    weights = st_save({k: np.asarray(to_device(p.data, "cpu"), order="C") for k, p in model._weight_paths()})
+    weights = safetensors_bytes(dict(model._weight_paths()), {"keras_weights": model.name}, "Model.save")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in (("config.json", json.dumps(config, indent=1).encode()),
@@ -164,19 +165,45 @@ def _set_weights_by_path(model, weights: dict, who):
                          + (f"\n  shape mismatch: {bad}" if bad else ""))
     for k, p in own.items(): p.data[...] = to_device(weights[k].astype(p.dtype, copy=False), p.device)
 
-def load_model(filepath, custom_objects=None, compile=True):
-    "Load a model saved with `model.save(...)`: rebuilt from JSON, weights from safetensors; recompiled if possible."
-    from safetensors.numpy import load as st_load
+class _ParameterBudget:
+    """While a model is built from a file: each new weight is counted, and checked with `check_parameter_count`
+    against the numbers the file holds and the ceiling *before* it is allocated."""
+    def __init__(self, present, what, max_parameters):
+        self.declared, self.present, self.what, self.max = 0, present, what, max_parameters
+    def __call__(self, layer, name, shape):
+        self.declared += int(np.prod(shape, dtype=object))
+        check_parameter_count(self.declared, self.present, f"{self.what} (at weight '{layer.name}.{name}' of shape "
+                              f"{shape})", self.max)
+    def __enter__(self): _layer_module._BUILD_BUDGET.append(self); return self
+    def __exit__(self, *exc): _layer_module._BUILD_BUDGET.remove(self)
+
+def _build_checked(config, custom_objects, present, what, max_parameters):
+    "The model of an untrusted `config`: parameters counted before allocation, any config error a ValueError."
+    with _ParameterBudget(present, what, max_parameters):
+        try:
+            return _model_from_config(config, custom_objects)
+        except ValueError as e:
+            if str(e).startswith(what): raise
+            raise ValueError(f"{what}: the architecture cannot be built: {e}") from None
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            raise ValueError(f"{what}: the architecture is not valid ({type(e).__name__}: {e}); the file is "
+                             f"corrupted or was not written by neuralbook") from None
+
+def load_model(filepath, custom_objects=None, compile=True, verify=True, max_parameters=None):
+    """Load a model saved with `model.save(...)`: rebuilt from JSON, weights from safetensors; recompiled if possible.
+    Nothing in the file is trusted: members inflated with a cap (`CheckedZip`), the weights' digest verified
+    (`verify=False` for files written before it existed), the parameters counted before they are allocated."""
     path = str(filepath)
-    if not zipfile.is_zipfile(path):
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
         raise ValueError(f"load_model: {path!r} is not a '.keras' archive written by model.save()")
-    with zipfile.ZipFile(path) as z:
-        config = json.loads(z.read("config.json"))
-        weights = st_load(z.read("model.weights.safetensors"))
+    with CheckedZip(path, "load_model") as z:
+        config = z.read_json("config.json")
+        weights, _ = z.read_safetensors("model.weights.safetensors", verify)
+    what = f"load_model: {path}: member 'config.json'"
     if config.get("format") != "neuralbook.keras":
-        raise ValueError(f"load_model: {path!r} was not written by neuralbook (format {config.get('format')!r})")
-    model = _model_from_config(config, custom_objects)
-    _set_weights_by_path(model, weights, "load_model")
+        raise ValueError(f"{what}: the archive was not written by neuralbook (format {config.get('format')!r})")
+    model = _build_checked(config, custom_objects, count_elements(weights), what, max_parameters)
+    _set_weights_by_path(model, weights, f"load_model: {path}")
     if compile and config.get("compile_config"): model.compile(**_from_compile_config(config["compile_config"]))
     return model
 
@@ -187,17 +214,19 @@ def save_weights(layer, filepath):
     if not path.endswith(".safetensors"):
         raise ValueError(f"save_weights: the file name must end in '.safetensors', got {path!r}")
     paths = layer._weight_paths()
-    save_safetensors_atomic(path, dict(paths), {"keras_weights": layer.name, "order": [k for k, _ in paths]})
+    save_safetensors(path, dict(paths), {"keras_weights": layer.name, "order": [k for k, _ in paths]}, "save_weights")
 
-def load_weights(layer, filepath):
+def load_weights(layer, filepath, verify=True):
     """Load weights written by `save_weights`: by name (e.g. 'dense.kernel'); when the names differ but the same
-    architecture has the same shapes in the same order (a second instance, auto-named 'dense_2' …), by position."""
-    tensors, meta = load_safetensors(str(filepath))
-    own, order = layer._weight_paths(), meta.get("order") or []
+    architecture has the same shapes in the same order (a second instance, auto-named 'dense_2' …), by position.
+    The digest is verified; `verify=False` loads a file written before the digest existed."""
+    tensors, meta = load_safetensors(str(filepath), verify, "load_weights")
+    own, order = layer._weight_paths(), meta.get("order")
+    if not isinstance(order, list) or not all(isinstance(k, str) and k in tensors for k in order): order = []
     if set(tensors) != {k for k, _ in own} and len(order) == len(own) and \
             all(tuple(tensors[k].shape) == tuple(p.shape) for k, (_, p) in zip(order, own)):
         tensors = {name: tensors[k] for k, (name, _) in zip(order, own)}
-    _set_weights_by_path(layer, tensors, "load_weights")
+    _set_weights_by_path(layer, tensors, f"load_weights: {filepath}")
 
 # %% ../../nbs/10d_keras_4_saving.ipynb #067d09ed
 def model_to_json(model, **kwargs) -> str:

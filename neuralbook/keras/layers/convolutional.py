@@ -17,6 +17,7 @@ from ..backend import _serialize
 from ..initializers import _get_initializer
 from .core import _activation_config, _init_config
 from .layer import Layer
+from ...nn import as_layer_input
 from ..regularizers import _get_regularizer
 
 # %% auto #0
@@ -155,6 +156,7 @@ class Conv2D(_Spatial):
 
     def pre_activation(self, x):
         "The convolution plus bias, before the activation."
+        x = as_layer_input(x, self._parameters["kernel"], f"Conv2D '{self.name}'")   # ints cast to the kernel dtype
         self.compute_output_shape(tuple(x.shape))
         p = self._parameters
         return conv(x, p["kernel"], p.get("bias"), self.strides, self.padding, self.data_format, self.dilation_rate)

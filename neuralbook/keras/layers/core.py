@@ -10,6 +10,7 @@ import numpy as np
 from ... import functional as F
 from ... import regularization as _reg
 from ...backend import Generator
+from ...nn import as_layer_input
 from ..activations import _ACTIVATIONS, _activation_name, _get_activation
 from ..backend import _serialize
 from ..initializers import Initializer, _get_initializer
@@ -52,6 +53,7 @@ class Dense(Layer):
     def pre_activation(self, x):
         "Z = x @ kernel + bias, before the activation."
         W = self._parameters["kernel"]
+        x = as_layer_input(x, W, f"Dense '{self.name}'")      # ints and bools cast to the kernel's dtype (ch. 03)
         if x.shape[-1:] != W.shape[:1]: self._check_features(x.shape)     # raises, naming the shapes
         return F.dense(x, W, self._parameters["bias"] if self.use_bias else None)
 

@@ -52,6 +52,7 @@ class Node:
                                f"{[t.shape for t in self.flat_outputs]})"
 
 _LAYER_CLASSES: dict = {}
+_BUILD_BUDGET: list = []   # while load_model builds a model from a file: a check(layer, name, shape) per new weight
 
 # %% ../../../nbs/10a_keras_5_layer.ipynb #6ae70e9b
 class LayerWeights:
@@ -61,8 +62,10 @@ class LayerWeights:
                    name=None):
         "Create a weight (a Parameter registered under `name`), initialised by `initializer`."
         name = name or f"variable_{len(self._weight_names)}"
+        shape = tuple(int(d) for d in shape)
+        if _BUILD_BUDGET: _BUILD_BUDGET[-1](self, name, shape)   # a model read from a file: checked before allocating
         init = _get_initializer(initializer) or Zeros()
-        value = np.asarray(init(tuple(int(d) for d in shape), dtype=np.dtype(dtype or self._dtype)))
+        value = np.asarray(init(shape, dtype=np.dtype(dtype or self._dtype)))
         p = Parameter(np.ascontiguousarray(value, dtype=np.dtype(dtype or self._dtype)))
         setattr(self, name, p)
         self._weight_names.append(name)
@@ -286,10 +289,11 @@ class Layer(SymbolicCall, WeightArrays, WeightState, LayerWeights, Module):
         from neuralbook.keras.saving import save_weights
         save_weights(self, filepath)
 
-    def load_weights(self, filepath):
-        "Load weights written by `save_weights` (by name, or by position for a same-shaped twin)."
+    def load_weights(self, filepath, verify=True):
+        """Load weights written by `save_weights` (by name, or by position for a same-shaped twin), their digest
+        verified (`verify=False` for a file written before the digest existed)."""
         from neuralbook.keras.saving import load_weights
-        load_weights(self, filepath)
+        load_weights(self, filepath, verify=verify)
 
 Layer._call_takes_training = False
 

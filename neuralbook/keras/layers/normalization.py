@@ -15,6 +15,7 @@ from ..initializers import _get_initializer
 from .convolutional import _revive
 from .core import _init_config
 from .layer import Layer
+from ...nn import as_layer_input
 from ..regularizers import _get_regularizer
 
 # %% auto #0
@@ -67,6 +68,7 @@ class BatchNormalization(Layer):
         return tuple(input_shape)
 
     def call(self, x, training=False):
+        x = as_layer_input(x, self._parameters["moving_mean"], f"BatchNormalization '{self.name}'")
         shape = tuple(x.shape)
         self.compute_output_shape(shape)
         ax, p = self._channel_axis(shape), self._parameters

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from types import SimpleNamespace
 
 from ...optim import lr_scheduler as _lrs
@@ -21,6 +22,14 @@ class LearningRateSchedule:
     @classmethod
     def from_config(cls, config): return cls(**config)
 
+def _positive_steps(who, decay_steps) -> int:
+    "decay_steps checked at construction: a positive integer (the schedule divides by it)."
+    if isinstance(decay_steps, bool) or not isinstance(decay_steps, numbers.Real) or decay_steps != decay_steps \
+            or int(decay_steps) != decay_steps or decay_steps <= 0:
+        raise ValueError(f"{who}: decay_steps must be a positive integer (the number of steps the decay takes), "
+                         f"got {decay_steps!r}")
+    return int(decay_steps)
+
 def _closed_form(scheduler_cls, step, lr0, **hyper) -> float:
     "Chapter 05b's `get_lr` of `scheduler_cls` at `step`, for one group starting at `lr0` (no optimiser needed)."
     return scheduler_cls.get_lr(SimpleNamespace(last_epoch=step, base_lrs=[lr0], **hyper))[0]
@@ -28,7 +37,8 @@ def _closed_form(scheduler_cls, step, lr0, **hyper) -> float:
 class ExponentialDecay(LearningRateSchedule):
     "initial_learning_rate · decay_rate^(step / decay_steps), the exponent floored when staircase=True."
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        self.initial_learning_rate, self.decay_steps = float(initial_learning_rate), int(decay_steps)
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = _positive_steps("ExponentialDecay", decay_steps)
         self.decay_rate, self.staircase = float(decay_rate), bool(staircase)
     def __call__(self, step):
         e = step / self.decay_steps
@@ -38,7 +48,8 @@ class ExponentialDecay(LearningRateSchedule):
 class CosineDecay(LearningRateSchedule):
     "Cosine from initial_learning_rate down to alpha · initial_learning_rate over decay_steps, then constant."
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0):
-        self.initial_learning_rate, self.decay_steps = float(initial_learning_rate), int(decay_steps)
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = _positive_steps("CosineDecay", decay_steps)
         self.alpha = float(alpha)
     def __call__(self, step):
         lr0 = self.initial_learning_rate

@@ -253,6 +253,18 @@ class DataMixin:
         return xs, ys
 
 # %% ../../../nbs/10c_keras_7_trainer.ipynb #5013e816
+def _split_callbacks(callbacks):
+    """fit's callbacks: Keras ones (`on_*` methods) and chapter 09's Learner callbacks (events such as
+    `after_backward`), which are added to the Learner underneath for this fit (e.g. a `DistributedCallback`)."""
+    keras_cbs, learner_cbs = [], []
+    for c in list(callbacks or []):
+        if isinstance(c, Callback): keras_cbs.append(c)
+        elif isinstance(c, _LearnerCallback): learner_cbs.append(c)
+        else:
+            raise TypeError(f"fit: callbacks must be keras.callbacks objects or chapter 09's Learner callbacks "
+                            f"(neuralbook.learner.Callback), got {type(c).__name__}")
+    return keras_cbs, learner_cbs
+
 class FitMixin:
     "`fit` on chapter 09's Learner: one learner per compiled model, configured per call."
     def _learner(self, train_dl, valid_dl, n_inp, callbacks=(), verbose=0, epochs=1):
@@ -298,6 +310,9 @@ class FitMixin:
         else:
             xs, ys = self._prepare(x, y, "fit")
             n, n_inp = len(xs[0]), len(xs)
+            if n == 0:
+                raise ValueError(f"fit: x has 0 samples (shape {tuple(xs[0].shape)}), so there is nothing to train on; "
+                                 f"pass at least one sample")
             if validation_data is None and validation_split:
                 if not 0 < validation_split < 1:
                     raise ValueError(f"fit: validation_split must be in (0, 1), got {validation_split}")
@@ -317,16 +332,16 @@ class FitMixin:
                 vx, vy = self._prepare(*validation_data, "fit (validation_data)")
                 valid_dl = _Batches(vx + vy, validation_batch_size or batch_size, False, "fit")
         self.history = History()
-        cbs = list(callbacks or []) + [self.history]
+        cbs, learner_cbs = _split_callbacks(callbacks)
+        cbs.append(self.history)
         for c in cbs:
-            if not isinstance(c, Callback):
-                raise TypeError(f"fit: callbacks must be keras.callbacks objects, got {type(c).__name__}")
             c.set_model(self)
             c.set_params({"verbose": verbose, "epochs": epochs, "steps": len(train_dl)})
+        learner_cbs += [c.learner_callback() for c in cbs if hasattr(c, "learner_callback")]
         learn = self._learner(train_dl, valid_dl, n_inp, cbs, verbose, epochs)
         try:
             learn.fit(epochs, start_epoch=initial_epoch,
-                      callbacks=[self._policy_cb] if self._policy.name != "float32" else ())
+                      callbacks=([self._policy_cb] if self._policy.name != "float32" else []) + learner_cbs)
         finally:
             self._return_learner(learn)
             # Keras layers are in inference mode outside fit (a validation phase has already put every layer there)
