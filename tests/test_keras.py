@@ -983,3 +983,108 @@ def test_fit_on_cuda_matches_cpu():
         out.append((h.history, m.predict(X_test, verbose=0)))
     np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out[0][0]["loss"], out[1][0]["loss"], rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 21: bad data at the door, integer inputs, TerminateOnNaN, Learner callbacks in fit
+# ---------------------------------------------------------------------------------------------------------------
+
+def _compiled(loss="sparse_categorical_crossentropy", lr=0.1):
+    keras.backend.clear_session()
+    nb.manual_seed(0)
+    m = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3)])
+    m.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss=loss)
+    return m
+
+
+@pytest.mark.parametrize("labels", [[0.5, 1.5], [0.0, np.nan], [1.0, np.inf]])
+def test_sparse_losses_refuse_non_integral_or_non_finite_labels(labels):
+    X = np.ones((2, 4), np.float32)
+    for loss in ("sparse_categorical_crossentropy", keras.losses.SparseCategoricalCrossentropy(from_logits=True)):
+        m = _compiled(loss)
+        w0 = m.get_weights()
+        with pytest.raises(ValueError, match=r"sparse_categorical_crossentropy: the labels must be class indices "
+                                             r"\(integers, or integral floats such as 2\.0\).*categorical_crossentropy"):
+            m.fit(X, np.array(labels), verbose=0, shuffle=False)
+        np.testing.assert_array_equal(m.get_weights()[0], w0[0])
+    with pytest.raises(ValueError, match=r"such as \[0\.5, 1\.5\]"):
+        keras.losses.sparse_categorical_crossentropy(np.array([0.5, 1.5]), nb.tensor(np.full((2, 3), 1 / 3)))
+
+
+def test_sparse_losses_accept_integral_float_labels():
+    X = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    a, b = _compiled(), _compiled()
+    ha = a.fit(X, np.array([0., 1., 2., 2., 1., 0.]), epochs=2, verbose=0, shuffle=False).history["loss"]
+    hb = b.fit(X, np.array([0, 1, 2, 2, 1, 0]), epochs=2, verbose=0, shuffle=False).history["loss"]
+    assert ha == hb and all(math.isfinite(v) for v in ha)
+
+
+def test_fit_with_zero_samples_raises_before_training():
+    m = _compiled()
+    with pytest.raises(ValueError, match=r"fit: x has 0 samples \(shape \(0, 4\)\), so there is nothing to train on"):
+        m.fit(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), verbose=0)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda s: keras.optimizers.schedules.ExponentialDecay(0.1, s, 0.9), "ExponentialDecay"),
+    (lambda s: keras.optimizers.schedules.CosineDecay(0.1, s), "CosineDecay")])
+@pytest.mark.parametrize("steps", [0, -3, 2.5, float("nan"), True])
+def test_schedules_refuse_bad_decay_steps_at_construction(make, name, steps):
+    with pytest.raises(ValueError, match=rf"{name}: decay_steps must be a positive integer"):
+        make(steps)
+    assert make(np.int64(10)).decay_steps == 10 and make(10.0).decay_steps == 10
+
+
+def test_terminate_on_nan_keeps_the_last_finite_weights(capsys):
+    m = _compiled(loss="mse", lr=0.1)
+    X = np.ones((8, 4), np.float32)
+    y = np.zeros((8, 3), np.float32)
+    y[6:] = np.nan                                       # the 4th batch of 2 has a NaN loss
+    seen = []
+    probe = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(m.get_weights()))
+    h = m.fit(X, y, batch_size=2, epochs=3, shuffle=False, verbose=0,
+              callbacks=[probe, keras.callbacks.TerminateOnNaN()])
+    assert len(seen) == 3 and all(np.isfinite(w).all() for w in m.get_weights())
+    for a, b in zip(m.get_weights(), seen[-1]): np.testing.assert_array_equal(a, b)   # no update after batch 3
+    assert len(h.history["loss"]) == 1 and m.stop_training
+    assert "the training loss is nan at epoch 0, batch 3 (0-based); stopping the fit before the weights are updated" \
+        in capsys.readouterr().out
+
+
+def test_dense_conv_and_batchnorm_cast_integer_input_to_their_dtype():
+    keras.backend.clear_session()
+    d = keras.layers.Dense(2)
+    xi = np.arange(6, dtype=np.int64).reshape(2, 3)
+    out = d(xi)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), d(xi.astype(np.float32)).numpy())
+    assert d(np.array([[True, False, True]])).dtype == np.float32
+    c = keras.layers.Conv2D(2, 2)
+    assert c(np.ones((1, 3, 3, 1), np.int32)).dtype == np.float32
+    bn = keras.layers.BatchNormalization()
+    assert bn(np.ones((2, 3), np.int64)).dtype == np.float32
+    e = keras.layers.Embedding(5, 2)                        # an Embedding still takes integer indices
+    assert e(np.array([[1, 4]])).shape == (1, 2, 2)
+    m = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
+    assert m.predict(xi, verbose=0).dtype == np.float32
+
+
+def test_fit_accepts_learner_callbacks_next_to_keras_ones():
+    from neuralbook.learner import Callback as LearnerCallback
+
+    class CountBackward(LearnerCallback):
+        def __init__(self): self.n = 0
+        def after_backward(self): self.n += 1
+
+    m = _compiled()
+    X = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    y = np.arange(10) % 3
+    count, hist = CountBackward(), []
+    h = m.fit(X, y, batch_size=4, epochs=2, verbose=0,
+              callbacks=[count, keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: hist.append(e))])
+    assert count.n == 2 * 3 and hist == [0, 1] and len(h.history["loss"]) == 2
+    m.fit(X, y, batch_size=4, epochs=1, verbose=0)            # added for that fit only
+    assert count.n == 6
+    with pytest.raises(TypeError, match=r"fit: callbacks must be keras\.callbacks objects or chapter 09's Learner "
+                                        r"callbacks .*got int"):
+        m.fit(X, y, callbacks=[3], verbose=0)
