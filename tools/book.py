@@ -41,7 +41,8 @@ MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe,local/neuralbook"
 # MathJax 2 options the nbconvert template does not set. The wheel ships only the STIX-Web fonts, so HTML-CSS output
 # is told to use them; the @font-face rules that would fetch missing or blocked files (the `about:blank` probe font of
 # HTML-CSS; the TeX fonts that the hidden assistive MathML names for \mathbb, \mathcal, \mathfrak) are pointed at
-# local() fonts, which fetch nothing. The whole page is typeset in one pass (no preview pass, no chunk delays).
+# local() fonts, which fetch nothing. The whole page is typeset in one pass (no preview pass, no chunk delays), and the
+# hidden copy of each code cell's source that the copy button uses is not searched for math.
 _NATIVE_FONTS = [("MathJax_Caligraphic-WEB", ""), ("MathJax_Caligraphic-WEB", "bold"), ("MathJax_AMS-WEB", ""),
                  ("MathJax_Script-WEB", ""), ("MathJax_Fraktur-WEB", ""), ("MathJax_Fraktur-WEB", "bold")]
 _NATIVE_STYLES = ",\n".join(
@@ -52,14 +53,15 @@ MATHJAX_LOCAL = """MathJax.Hub.Config({
                EqnChunk: 1000, EqnChunkFactor: 1, EqnChunkDelay: 0,
                styles: {"@font-face": {"font-family": "MathJax_Blank", src: "local('MathJax_Blank')"}}},
   NativeMML: {styles: {
-%s
+NATIVE_STYLES
   }},
+  tex2jax: {ignoreClass: "tex2jax_ignore|clipboard-copy-txt"},
   "fast-preview": {disabled: true},
   menuSettings: {zoom: "None", CHTMLpreview: false},
   showMathMenu: false
 });
 MathJax.Ajax.loadComplete("[MathJax]/config/local/neuralbook.js");
-""" % _NATIVE_STYLES
+""".replace("NATIVE_STYLES", _NATIVE_STYLES)
 DIRECTIVE = re.compile(r"^\s*#\|\s*(.*)$")
 
 
@@ -89,7 +91,7 @@ def title_of(nb: dict, fallback: str) -> str:
         if c["cell_type"] == "markdown":
             for line in _src(c).splitlines():
                 if line.startswith("# "):
-                    return line[2:].strip()
+                    return re.sub(r"`|\*\*", "", line[2:]).strip()  # the nav shows plain text
     return fallback
 
 
@@ -254,6 +256,7 @@ def mkdocs_config(site_dir: Path, nav: list, cache_dir: Path) -> dict:
         },
         "plugins": ["search", {"mkdocs-jupyter": {
             "execute": False, "include_source": True, "allow_errors": True, "no_prompt": True,
+            "ignore_h1_titles": True,  # keep the nav titles (the notebook's H1 as plain text, code included)
             "custom_mathjax_url": f"mathjax/MathJax.js?config={MATHJAX_CONFIG}",
             "cache_dir": str(cache_dir), "toc_depth": 3,
         }}],
