@@ -1088,3 +1088,16 @@ def test_fit_accepts_learner_callbacks_next_to_keras_ones():
     with pytest.raises(TypeError, match=r"fit: callbacks must be keras\.callbacks objects or chapter 09's Learner "
                                         r"callbacks .*got int"):
         m.fit(X, y, callbacks=[3], verbose=0)
+
+
+def test_fit_with_a_single_rank_distributed_callback_matches_a_plain_fit():
+    from neuralbook.distributed import DistributedCallback
+    X = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    y = np.arange(10) % 3
+    runs = []
+    for cbs in ([], [DistributedCallback()]):
+        m = _compiled()
+        runs.append((m.fit(X, y, epochs=2, batch_size=4, shuffle=False, verbose=0, callbacks=cbs).history["loss"],
+                     m.get_weights()))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]): np.testing.assert_array_equal(a, b)

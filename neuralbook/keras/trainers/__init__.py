@@ -295,7 +295,8 @@ class FitMixin:
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, initial_epoch=0, validation_batch_size=None):
         """Train for `epochs` epochs (from `initial_epoch`); returns a `History` whose `.history` holds 'loss', the
-        metrics, and 'val_loss', 'val_<metric>' when there is validation data."""
+        metrics, and 'val_loss', 'val_<metric>' when there is validation data. `callbacks` may mix Keras callbacks and
+        chapter 09's Learner callbacks (e.g. a `DistributedCallback`), which join the Learner underneath for this fit."""
         self._require_compiled("fit")
         verbose, batch_size = _verbosity(verbose), 32 if batch_size is None else batch_size
         if isinstance(x, DataLoader):
