@@ -8,7 +8,7 @@ __all__ = ['SelfComm', 'MPIComm', 'launched_by_mpi', 'init', 'rank', 'world_size
            'broadcast_optimizer_state', 'allreduce_gradients', 'DistributedDataParallel', 'DistributedSampler',
            'DistributedDataLoader', 'DistributedCallback', 'scaled_lr']
 
-# %% ../nbs/22_distributed.ipynb #8d5ab0b7
+# %% ../nbs/22_distributed.ipynb #ee1dc2b3
 import os
 import sys
 import json
@@ -35,7 +35,7 @@ class SelfComm:
     def abort(self, code: int = 1): os._exit(code)
     def __repr__(self): return "SelfComm(rank=0, size=1)"
 
-# %% ../nbs/22_distributed.ipynb #6059515f
+# %% ../nbs/22_distributed.ipynb #57cbde58
 class MPIComm:
     "A thin wrapper of an mpi4py communicator: in-place collectives on contiguous arrays (host or device)."
     def __init__(self, comm):
@@ -74,7 +74,7 @@ class MPIComm:
     def abort(self, code: int = 1): self.comm.Abort(code)
     def __repr__(self): return f"MPIComm(rank={self.rank}, size={self.size})"
 
-# %% ../nbs/22_distributed.ipynb #cd07c63d
+# %% ../nbs/22_distributed.ipynb #c8ec54b6
 def _nccl_of(comm):
     "The NCCL communicator of `comm` (made once, on this process's GPU), or None where CuPy has no NCCL."
     if comm._nccl is None:
@@ -116,7 +116,7 @@ def _device_collective(comm, a, kind: str, op: str = "sum", root: int = 0):
     a[...] = xp.asarray(host)
     return a
 
-# %% ../nbs/22_distributed.ipynb #2b27fa58
+# %% ../nbs/22_distributed.ipynb #4f12682b
 _STATE = {"comm": None}
 
 def launched_by_mpi() -> bool:
@@ -154,7 +154,7 @@ def rank() -> int: return init().rank
 def world_size() -> int: return init().size
 def is_main_process() -> bool: return init().rank == 0
 
-# %% ../nbs/22_distributed.ipynb #db5f1c95
+# %% ../nbs/22_distributed.ipynb #6832676a
 def _arrays_of(module):
     "The raw arrays of the parameters and buffers of `module`, in their fixed order."
     for t in list(module.parameters()) + [b for b in module.buffers() if b is not None]:
@@ -171,34 +171,41 @@ def broadcast_parameters(module, root: int = 0, comm=None):
         comm.bcast_(a, root)
     return module
 
+def _encode(v, arrays: list):
+    "A state_dict as JSON: arrays become shape/dtype placeholders (appended to `arrays`), dict keys keep their type."
+    if isinstance(v, np.ndarray) or is_cuda_array(v):            # device state travels through the host
+        arrays.append(np.ascontiguousarray(to_device(v, "cpu")))
+        return {"__array__": [list(v.shape), v.dtype.str]}
+    if isinstance(v, dict): return {"__dict__": [[k, _encode(x, arrays)] for k, x in v.items()]}
+    if isinstance(v, (list, tuple)): return {"__list__": [_encode(x, arrays) for x in v], "tuple": isinstance(v, tuple)}
+    return v.item() if isinstance(v, np.generic) else v
+
+def _decode(v, take):
+    "The inverse of `_encode`; `take(spec)` returns the next array."
+    if isinstance(v, dict):
+        if "__array__" in v: return take(v["__array__"])
+        if "__dict__" in v: return {k: _decode(x, take) for k, x in v["__dict__"]}
+        if "__list__" in v:
+            out = [_decode(x, take) for x in v["__list__"]]
+            return tuple(out) if v["tuple"] else out
+    return v
+
 def broadcast_optimizer_state(opt, root: int = 0, comm=None):
-    "Give every rank rank `root`'s optimiser state and hyper-parameters (`state_dict` as JSON + arrays)."
+    """Give every rank rank `root`'s optimiser state and hyper-parameters: its `state_dict()` (any nesting — a
+    chapter-05 optimiser or a Keras one) travels as JSON plus one broadcast per array; no pickle."""
     comm = comm or init()
     if comm.size == 1: return opt
-    sd = opt.state_dict() if comm.rank == root else None
-    arrays, meta = [], None
-    if comm.rank == root:
-        def strip(v):
-            if isinstance(v, np.ndarray) or is_cuda_array(v):        # device state travels through the host
-                arrays.append(np.ascontiguousarray(to_device(v, "cpu")))
-                return {"__array__": [list(v.shape), v.dtype.str]}
-            return v
-        meta = {"param_groups": sd["param_groups"],
-                "state": {str(j): {k: strip(v) for k, v in st.items()} for j, st in sd["state"].items()}}
+    arrays = []
+    meta = _encode(opt.state_dict(), arrays) if comm.rank == root else None
     meta = json.loads(comm.bcast_bytes(json.dumps(meta).encode() if comm.rank == root else None, root))
-    state = {}
-    for j, st in meta["state"].items():
-        state[int(j)] = {}
-        for k, v in st.items():
-            if isinstance(v, dict) and "__array__" in v:
-                a = arrays.pop(0) if comm.rank == root else np.empty(v["__array__"][0], np.dtype(v["__array__"][1]))
-                state[int(j)][k] = comm.bcast_(a, root)
-            else:
-                state[int(j)][k] = v
-    if comm.rank != root: opt.load_state_dict({"param_groups": meta["param_groups"], "state": state})
+    def take(spec):
+        a = arrays.pop(0) if comm.rank == root else np.empty(spec[0], np.dtype(spec[1]))
+        return comm.bcast_(a, root)
+    state = _decode(meta, take)
+    if comm.rank != root: opt.load_state_dict(state)
     return opt
 
-# %% ../nbs/22_distributed.ipynb #efcfcb3c
+# %% ../nbs/22_distributed.ipynb #2724fa9f
 def _buckets(grads, bucket_bytes: int):
     "Group indices of `grads` into runs of one dtype whose total size stays under `bucket_bytes`."
     out, cur, size, dt = [], [], 0, None
@@ -235,7 +242,7 @@ def allreduce_gradients(params, comm=None, bucket_bytes: int = 1 << 22, average:
         calls += 1
     return calls
 
-# %% ../nbs/22_distributed.ipynb #5fff263a
+# %% ../nbs/22_distributed.ipynb #a3963d37
 class DistributedDataParallel:
     "Wrap `module` for data-parallel training: same start on all ranks; call `.sync()` after every backward."
     def __init__(self, module, comm=None, bucket_bytes: int = 1 << 22, broadcast: bool = True):
@@ -252,7 +259,7 @@ class DistributedDataParallel:
         return getattr(self.module, name)
     def __repr__(self): return f"DistributedDataParallel({self.module!r}, {self.comm!r})"
 
-# %% ../nbs/22_distributed.ipynb #20cec547
+# %% ../nbs/22_distributed.ipynb #ee9a2148
 class DistributedSampler:
     "The indices of rank `rank` for one epoch: equal counts on all ranks, together a cover of range(n)."
     def __init__(self, n: int, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
@@ -288,7 +295,7 @@ class DistributedSampler:
         return (f"DistributedSampler(n={self.n}, num_replicas={self.p}, rank={self.rank}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, {self.num_samples} per rank)")
 
-# %% ../nbs/22_distributed.ipynb #1d6f16d5
+# %% ../nbs/22_distributed.ipynb #b66d8350
 class DistributedDataLoader(DataLoader):
     "A DataLoader over this rank's share of `dataset` (a `DistributedSampler`); call `set_epoch` every epoch."
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
@@ -305,7 +312,7 @@ class DistributedDataLoader(DataLoader):
         stop = len(idx) - len(idx) % b if self.drop_last else len(idx)
         return [idx[i:i + b] for i in range(0, stop, b)]
 
-# %% ../nbs/22_distributed.ipynb #507993a6
+# %% ../nbs/22_distributed.ipynb #3de16e19
 _ROOT_ONLY = (ModelCheckpoint, TrainingCheckpoint, CSVLogger, ProgressCallback)
 _EPOCH_EVENTS = ("before_fit", "before_train", "after_batch", "after_epoch", "after_fit")
 
@@ -337,7 +344,7 @@ class DistributedCallback(Callback):
     def after_backward(self):
         allreduce_gradients(self._params, self.comm, self.bucket_bytes)
 
-# %% ../nbs/22_distributed.ipynb #6b3b4593
+# %% ../nbs/22_distributed.ipynb #079e8302
 def _reduce_logs(self, keys):
     "Sample-weighted means over ranks of `logs[k]` for k in keys (a rank with no samples counts zero)."
     learn = self.learn
@@ -354,7 +361,7 @@ def _after_validate(self): self._reduce_logs(["valid_loss"] + [name for name, _ 
 DistributedCallback._reduce_logs = _reduce_logs
 DistributedCallback.after_train, DistributedCallback.after_validate = _after_train, _after_validate
 
-# %% ../nbs/22_distributed.ipynb #c46ba556
+# %% ../nbs/22_distributed.ipynb #76333661
 def scaled_lr(lr: float, world_size: int | None = None, rule: str = "linear") -> float:
     "The learning rate for `world_size` ranks given the one-rank `lr`: `rule` 'linear' (SGD) or 'sqrt' (Adam)."
     p = init().size if world_size is None else int(world_size)

@@ -273,3 +273,20 @@ def test_emulated_gpu_gradients_go_through_the_host(tmp_path):
         w[device] = json.loads((tmp_path / f"{device}.json").read_text())
     for a, b in zip(w["cpu"], w["cuda"]):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_train_distributed(tmp_path):
+    "`mpiexec -n 2 neuralbook train iris --distributed`: one report and one set of files (rank 0), a good model."
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    code = "import sys; from neuralbook.cli import main; sys.exit(main())"
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code, "train", "iris", "--distributed",
+                        "--epochs", "40", "--quiet", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("test accuracy") == 1 and "on cpu, 2 ranks" in r.stdout
+    acc = float(r.stdout.split("test accuracy")[1].split()[0])
+    assert acc >= 0.8
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["confusion_matrix.png", "model.json",
+                                                                    "model.safetensors", "training_curves.png"]
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["options"]["ranks"] == 2
