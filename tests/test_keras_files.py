@@ -293,3 +293,16 @@ def test_keras_memory_bombs_refused_under_a_100mb_address_space_cap(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert len(lines) == 3 and all(l.startswith("refused:") for l in lines), r.stdout
+
+
+def test_model_from_json_checks_depth_and_parameters_before_allocating():
+    js = json.dumps(huge_dense_config())
+    with pytest.raises(ValueError, match=r"model_from_json \(at weight .*kernel' of shape \(100000, 100000\)\): the "
+                                         r"architecture declares 10,000,000,000 parameters, more than the limit"):
+        keras.models.model_from_json(js)
+    with pytest.raises(ValueError, match=r"model_from_json: the JSON nests 100,000 levels deep"):
+        keras.models.model_from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"declares 1,000,000 parameters, more than the limit of 1,000"):
+        keras.models.model_from_json(json.dumps(huge_dense_config(1000)), max_parameters=1000)
+    m = keras.models.model_from_json(tiny().to_json())
+    assert m.count_params() == 15

@@ -13,8 +13,8 @@ import zipfile
 import numpy as np
 
 from ..backend import to_device
-from ..io import (LIMITS, CheckedZip, atomic_write, check_parameter_count, count_elements, load_safetensors,
-                           safetensors_bytes, save_safetensors)
+from ..io import (LIMITS, CheckedZip, atomic_write, check_parameter_count, count_elements, load_json,
+                           load_safetensors, safetensors_bytes, save_safetensors)
 from .backend import _flatten
 from .layers import layer as _layer_module
 from .layers.layer import InputLayer, _LAYER_CLASSES
@@ -238,9 +238,12 @@ def model_from_config(config, custom_objects=None):
     "A new, unbuilt-weights model from an architecture dict ({'class_name', 'config'}), e.g. from `to_json`."
     return _model_from_config(config, custom_objects)
 
-def model_from_json(json_string, custom_objects=None):
-    "A new model (fresh weights) from `model.to_json()`."
-    return _model_from_config(json.loads(json_string), custom_objects)
+def model_from_json(json_string, custom_objects=None, max_parameters=None):
+    """A new model (fresh weights) from `model.to_json()`. The text is untrusted: its depth is checked before it is
+    parsed, and the parameters are counted against `max_parameters` (default `LIMITS['max_parameters']`) before
+    they are allocated."""
+    limit = LIMITS["max_parameters"] if max_parameters is None else max_parameters
+    return _build_checked(load_json(json_string, "model_from_json"), custom_objects, limit, "model_from_json", limit)
 
 def clone_model(model):
     "A new model with the same architecture and freshly initialised weights."
