@@ -1101,3 +1101,27 @@ def test_fit_with_a_single_rank_distributed_callback_matches_a_plain_fit():
                      m.get_weights()))
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]): np.testing.assert_array_equal(a, b)
+
+
+def test_issue21_checks_on_the_emulated_gpu(tmp_path, capsys):
+    "Labels checked, files round-tripped, integer input cast and TerminateOnNaN on a (chapter 12b emulated) GPU."
+    from neuralbook import cuda_emu
+    if cuda_emu.compiler() is None: pytest.skip("no C++ compiler for the emulated GPU")
+    X = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    with cuda_emu.emulated_gpu(max_blocks=3):
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        m.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), device="cuda")
+        assert math.isfinite(m.fit(X, np.array([0., 1, 2, 0, 1, 2]), verbose=0).history["loss"][0])
+        with pytest.raises(ValueError, match=r"labels must be class indices .* such as \[0\.5\]"):
+            m.fit(X, np.array([0.5, 1, 2, 0, 1, 2]), verbose=0)
+        m.save(tmp_path / "m.keras")
+        np.testing.assert_array_equal(keras.models.load_model(tmp_path / "m.keras").predict(X, verbose=0),
+                                      m.predict(X, verbose=0))
+        assert m.predict(np.arange(8).reshape(2, 4), verbose=0).dtype == np.float32
+        y = np.zeros((6, 3), np.float32)
+        y[4:] = np.nan
+        m3 = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        m3.compile("sgd", "mse", device="cuda")
+        m3.fit(X, y, batch_size=2, shuffle=False, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+        assert all(np.isfinite(w).all() for w in m3.get_weights())
