@@ -306,3 +306,17 @@ def test_model_from_json_checks_depth_and_parameters_before_allocating():
         keras.models.model_from_json(json.dumps(huge_dense_config(1000)), max_parameters=1000)
     m = keras.models.model_from_json(tiny().to_json())
     assert m.count_params() == 15
+
+
+def test_keras_zip_bomb_peak_python_memory_under_100mb(tmp_path):
+    import tracemalloc
+    honest, liar = bomb_archive(tmp_path / "a.keras", 2**31), bomb_archive(tmp_path / "b.keras", 1000)
+    tracemalloc.start()
+    try:
+        for p in (honest, liar):
+            with pytest.raises(ValueError, match=r"member 'model\.weights\.safetensors'"):
+                keras.models.load_model(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.1f} MiB"
