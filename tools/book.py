@@ -133,9 +133,11 @@ def exported_names(nb: dict) -> list[str]:
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        sig = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
+    # modules written with `from __future__ import annotations` have string annotations: show them unquoted
+    return re.sub(r"(:\s|->\s)'([^']*)'", r"\1\2", sig)
 
 
 def _methods(cls) -> list[str]:
