@@ -64,21 +64,30 @@ def mnist(as_images: bool = False, scale: bool = True):
 # %% ../nbs/08b_datasets.ipynb #5207ca61
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
-def read_idx(path) -> np.ndarray:
-    "Read an IDX file (gzipped when the name ends in .gz) into a NumPy array of its shape and native byte order."
+def read_idx(path, max_bytes: int = 1 << 30) -> np.ndarray:
+    """Read an IDX file (gzipped when the name ends in .gz) into a NumPy array of its shape and native byte order.
+    The header is checked first and only the bytes it declares are read (at most `max_bytes`), so a small gzip file
+    that would inflate to gigabytes is refused before it is inflated."""
     path = Path(path)
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
-        raw = fh.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"read_idx: {path} is not an IDX file (header bytes {list(raw[:4])}; expected 0, 0, "
-                         f"a type code in {[hex(k) for k in _IDX_TYPES]}, the number of dimensions)")
-    dt, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    n = int(np.prod(shape, dtype=np.int64))
-    if len(raw) - 4 - 4 * ndim != n * dt.itemsize:
-        raise ValueError(f"read_idx: {path} declares shape {shape} ({n * dt.itemsize} bytes of {dt}) but holds "
-                         f"{len(raw) - 4 - 4 * ndim} bytes of data; the file is truncated or corrupt")
-    return np.frombuffer(raw, dt, count=n, offset=4 + 4 * ndim).reshape(shape).astype(dt.newbyteorder("="))
+        head = fh.read(4)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
+            raise ValueError(f"read_idx: {path} is not an IDX file (header bytes {list(head)}; expected 0, 0, "
+                             f"a type code in {[hex(k) for k in _IDX_TYPES]}, the number of dimensions)")
+        dt, ndim = np.dtype(_IDX_TYPES[head[2]]), head[3]
+        dims = fh.read(4 * ndim)
+        if len(dims) != 4 * ndim:
+            raise ValueError(f"read_idx: {path} ends inside its header ({ndim} dimensions declared)")
+        shape = tuple(int(s) for s in np.frombuffer(dims, ">u4"))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        if nbytes > max_bytes:
+            raise ValueError(f"read_idx: {path} declares shape {shape} ({nbytes:,} bytes of {dt}), more than "
+                             f"max_bytes={max_bytes:,}; pass a larger max_bytes if the file is genuine")
+        raw = fh.read(nbytes + 1)                    # one byte more: trailing data means a corrupt file
+    if len(raw) != nbytes:
+        raise ValueError(f"read_idx: {path} declares shape {shape} ({nbytes} bytes of {dt}) but holds "
+                         f"{len(raw)}{'+' if len(raw) > nbytes else ''} bytes of data; the file is truncated or corrupt")
+    return np.frombuffer(raw, dt).reshape(shape).astype(dt.newbyteorder("="))
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

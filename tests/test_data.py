@@ -499,3 +499,25 @@ def test_loader_over_a_real_dataset():
     dl = DataLoader(TensorDataset(StandardScaler().fit(X_tr).transform(X_tr), y_tr), 32, shuffle=True, seed=0)
     xb, yb = next(iter(dl))
     assert xb.shape == (32, 4) and xb.dtype == np.float32 and yb.dtype == np.int64 and len(dl) == 4
+
+
+def test_read_idx_refuses_a_gzip_bomb_before_inflating(tmp_path):
+    "A 2 MB .gz whose header declares 3 GB, and one that declares 1000 bytes but inflates to 2 GiB: both refused cheaply."
+    import gzip, tracemalloc
+    big = tmp_path / "bomb-idx1-ubyte.gz"
+    with gzip.open(big, "wb", compresslevel=9) as f:
+        f.write(bytes([0, 0, 8, 1]) + np.array([3 << 30], ">u4").tobytes())
+        f.write(b"\0" * (1 << 20))
+    liar = tmp_path / "liar-idx1-ubyte.gz"
+    with gzip.open(liar, "wb", compresslevel=9) as f:
+        f.write(bytes([0, 0, 8, 1]) + np.array([1000], ">u4").tobytes())
+        chunk = b"\0" * (1 << 24)
+        for _ in range(128): f.write(chunk)                      # 2 GiB of zeros, a few MB on disk
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"declares shape \(3221225472,\).*more than max_bytes"):
+        D.read_idx(big)
+    with pytest.raises(ValueError, match=r"declares shape \(1000,\).*holds 1001\+ bytes"):
+        D.read_idx(liar)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 << 20
