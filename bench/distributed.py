@@ -45,9 +45,11 @@ def worker(args):
                 for _ in range(reps): c.allreduce_(a)
                 t = np.array([(time.perf_counter() - t0) / reps]); c.allreduce_(t, "max")
                 secs.append(float(t[0]))
-            # least squares of T = 2(p-1) alpha + 2(p-1)/p N / beta
+            # least squares of T = 2(p-1) alpha + 2(p-1)/p N / beta in relative error (each row divided by its T),
+            # so that the microsecond latencies of small messages weigh as much as the milliseconds of large ones
             A = np.stack([np.full(len(sizes), 2.0 * (c.size - 1)), 2.0 * (c.size - 1) / c.size * np.array(sizes)], 1)
-            (alpha, inv_beta), *_ = np.linalg.lstsq(A, np.array(secs), rcond=None)
+            t = np.array(secs)
+            (alpha, inv_beta), *_ = np.linalg.lstsq(A / t[:, None], np.ones(len(t)), rcond=None)
             out["allreduce"] = {"bytes": sizes, "seconds": secs, "alpha": float(max(alpha, 1e-9)),
                                 "beta": float(1.0 / max(inv_beta, 1e-15))}
         rng = np.random.default_rng(0)
