@@ -27,3 +27,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
+def cp(request):
+    """The device a test runs on: a real GPU through CuPy (marked `gpu`, so skipped without one and selected by
+    `-m gpu`), or chapter 12b's emulated GPU, which runs the same CUDA sources on the CPU with grids of at most 3
+    blocks, so that every grid-stride loop wraps around (needs a C++ compiler; small shapes only)."""
+    if request.param == "cuda":
+        yield pytest.importorskip("cupy")
+        return
+    from neuralbook import cuda_emu
+    if cuda_emu.compiler() is None:
+        if os.environ.get("CI"): pytest.fail("the emulated GPU tests must run in CI: no C++ compiler found")
+        pytest.skip("no C++ compiler for the emulated GPU")
+    with cuda_emu.emulated_gpu(max_blocks=3) as fake:
+        yield fake

@@ -1,6 +1,5 @@
 """Chapter 15: scaled dot-product attention, MultiheadAttention, positional encodings and transformer layers —
 float64 gradient checks, PyTorch on copied weights (forward and backward at 1e-6), bad input, the emulated GPU."""
-import os
 
 import numpy as np
 import pytest
@@ -407,18 +406,7 @@ def test_layer_bad_activation():
 
 
 # ------------------------------------------------------------------------------------------------- GPU
-@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
-def cp(request):
-    "A real GPU through CuPy (marked gpu), or chapter 12b's emulated GPU (see tests/test_gpu.py)."
-    if request.param == "cuda":
-        yield pytest.importorskip("cupy")
-        return
-    from neuralbook import cuda_emu
-    if cuda_emu.compiler() is None:
-        if os.environ.get("CI"): pytest.fail("the emulated GPU tests must run in CI: no C++ compiler found")
-        pytest.skip("no C++ compiler for the emulated GPU")
-    with cuda_emu.emulated_gpu(max_blocks=3) as fake:
-        yield fake
+# `cp` (a real GPU, or chapter 12b's emulated one): the fixture in tests/conftest.py
 
 
 @pytest.mark.parametrize("need_weights", [True, False])

@@ -7,7 +7,6 @@ skipped by tests/conftest.py when no GPU is visible. Each of them also runs on c
 CUDA sources compiled for the CPU, NumPy posing as CuPy), so that every CI build executes the kernels and the host
 code of the "cuda" device; the few tests without a device check the tables that drive the others.
 """
-import os
 
 import numpy as np
 import pytest
@@ -21,21 +20,7 @@ from neuralbook.backend import KERNELS, Generator
 gpu = pytest.mark.gpu
 
 
-@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
-def cp(request):
-    """The device a test runs on: a real GPU through CuPy (marked `gpu`, so skipped without one and selected by
-    `-m gpu`), or chapter 12b's emulated GPU, which runs the same CUDA sources on the CPU with grids of at most 3
-    blocks, so that every grid-stride loop wraps around (needs a C++ compiler; small shapes only)."""
-    if request.param == "cuda":
-        yield pytest.importorskip("cupy")
-        return
-    from neuralbook import cuda_emu
-    if cuda_emu.compiler() is None:
-        if os.environ.get("CI"): pytest.fail("the emulated GPU tests must run in CI: no C++ compiler found")
-        pytest.skip("no C++ compiler for the emulated GPU")
-    with cuda_emu.emulated_gpu(max_blocks=3) as fake:
-        yield fake
-
+# the `cp` fixture (a real GPU, or chapter 12b's emulated one) lives in tests/conftest.py
 
 EMULATED_MAX = 5_000_000    # elements: larger cases run on a real GPU only
 

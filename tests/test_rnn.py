@@ -1,7 +1,6 @@
 """Chapter 14: RNN, LSTM, GRU (and their one-step cells) against PyTorch (weights copied in, float64, forward and every gradient), gradient
 checks of the fused cells, variable-length batches against packed sequences, dropout, bad input, the emulated GPU."""
 import itertools
-import os
 
 import numpy as np
 import pytest
@@ -240,18 +239,7 @@ def test_bad_input():
 
 
 # ---------------------------------------------------------------- GPU: emulated (CI) and real
-@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
-def cp(request):
-    "As in tests/test_gpu.py: a real GPU through CuPy (marked gpu), or chapter 12b's emulated GPU."
-    if request.param == "cuda":
-        yield pytest.importorskip("cupy")
-        return
-    from neuralbook import cuda_emu
-    if cuda_emu.compiler() is None:
-        if os.environ.get("CI"): pytest.fail("the emulated GPU tests must run in CI: no C++ compiler found")
-        pytest.skip("no C++ compiler for the emulated GPU")
-    with cuda_emu.emulated_gpu(max_blocks=3) as fake:
-        yield fake
+# `cp` (a real GPU, or chapter 12b's emulated one): the fixture in tests/conftest.py
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
