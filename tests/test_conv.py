@@ -429,3 +429,116 @@ def test_gpu_matches_cpu():
         if dev == "cpu": ref = (y.numpy(), xt.grad.numpy(), wt.grad.numpy())
     for a, r in zip((y.numpy(), xt.grad.numpy(), wt.grad.numpy()), ref):
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ 1-D (chapter 11a): wrappers over the 2-D path
+from neuralbook.conv1d import (AdaptiveAvgPool1d, AvgPool1d, Conv1d, MaxPool1d, adaptive_avg_pool1d, avg_pool1d,
+                               conv1d, max_pool1d)
+
+
+def conv1d_case(seed):
+    rng = np.random.default_rng(5000 + seed)
+    g = int(rng.choice([1, 1, 2, 3]))
+    C, K, k = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3)), int(rng.integers(1, 5))
+    s, d, p = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+    L = int(rng.integers(1, 9)) + d * (k - 1)
+    x, w, b = rng.standard_normal((int(rng.integers(1, 4)), C, L)), rng.standard_normal((K, C // g, k)), rng.standard_normal(K)
+    return x, w, b, {"stride": s, "padding": p, "dilation": d, "groups": g}, rng
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(30))
+def test_conv1d_and_pools_1d_match_torch(seed):
+    x, w, b, kw, rng = conv1d_case(seed)
+    compare_with_torch(lambda x, w, b: conv1d(x, w, b, **kw), lambda x, w, b: tF.conv1d(x, w, b, **kw), x, w, b,
+                       atol=1e-6, rtol=1e-6)
+    xp = np.round(rng.standard_normal((2, 3, int(rng.integers(4, 12)))) * 2) / 2    # ties: the first maximum wins
+    k, s, d = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    p, ceil = int(rng.integers(0, k // 2 + 1)), bool(rng.integers(0, 2))
+    if d * (k - 1) + 1 > xp.shape[2] + 2 * p: d = 1
+    compare_with_torch(lambda x: max_pool1d(x, k, s, p, d, ceil), lambda x: tF.max_pool1d(x, k, s, p, d, ceil), xp,
+                       atol=1e-6, rtol=1e-6)
+    cip = bool(rng.integers(0, 2))
+    compare_with_torch(lambda x: avg_pool1d(x, k, s, p, ceil, cip), lambda x: tF.avg_pool1d(x, k, s, p, ceil, cip), xp,
+                       atol=1e-6, rtol=1e-6)
+    m = int(rng.integers(1, xp.shape[2] + 1))
+    compare_with_torch(lambda x: adaptive_avg_pool1d(x, m), lambda x: tF.adaptive_avg_pool1d(x, m), xp, atol=1e-6)
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("k,d", [(2, 1), (3, 1), (4, 2), (3, 3)])
+def test_conv1d_same_and_valid(k, d):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 9)), rng.standard_normal((4, 3, k))
+    for mode in ("same", "valid", (1,)):
+        compare_with_torch(lambda x, w, mode=mode: conv1d(x, w, padding=mode, dilation=(d,)),
+                           lambda x, w, mode=mode: tF.conv1d(x, w, padding=mode, dilation=d), x, w, atol=1e-6, rtol=1e-6)
+
+
+def test_conv1d_and_pools_1d_gradcheck():
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((2, 4, 7)), rng.standard_normal((6, 2, 3)), rng.standard_normal(6)
+    assert nb.gradcheck(lambda x, w, b: conv1d(x, w, b, stride=2, padding=1, dilation=2, groups=2), x, w, b)
+    assert nb.gradgradcheck(lambda x, w: conv1d(x, w, padding="same", groups=2), x[:1], w)
+    for f in (lambda x: max_pool1d(x, 3, 2, padding=1, ceil_mode=True), lambda x: avg_pool1d(x, 3, 2, 1, True, False),
+              lambda x: adaptive_avg_pool1d(x, 3), lambda x: adaptive_avg_pool1d(x, 1)):
+        assert nb.gradcheck(f, x)
+
+
+@needs_torch
+def test_1d_layers_match_torch_modules():
+    nb.manual_seed(0)
+    pairs = [(Conv1d(4, 6, 3, stride=2, padding=1, groups=2), torch.nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2)),
+             (Conv1d(4, 2, 3, padding="same", bias=False, dilation=2), torch.nn.Conv1d(4, 2, 3, padding="same", bias=False, dilation=2)),
+             (MaxPool1d(3, 2, padding=1, ceil_mode=True), torch.nn.MaxPool1d(3, 2, padding=1, ceil_mode=True)),
+             (AvgPool1d(2), torch.nn.AvgPool1d(2)), (AdaptiveAvgPool1d(1), torch.nn.AdaptiveAvgPool1d(1)),
+             (AdaptiveAvgPool1d(4), torch.nn.AdaptiveAvgPool1d(4))]
+    x = np.random.default_rng(6).standard_normal((2, 4, 11)).astype(np.float32)
+    for ours, theirs in pairs:
+        if isinstance(ours, Conv1d): assert repr(ours) == repr(theirs)
+        ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+        tx = torch.tensor(x, requires_grad=True)
+        ox = nb.tensor(x, requires_grad=True)
+        y, ty = ours(ox), theirs(tx)
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), atol=1e-6)
+        y.sum().backward(); ty.sum().backward()
+        np.testing.assert_allclose(ox.grad.numpy(), tx.grad.numpy(), atol=1e-6)
+        for (n, p), (_, tp) in zip(ours.named_parameters(), theirs.named_parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), atol=1e-5, err_msg=n)
+    m = Conv1d(6, 8, 5, groups=2)
+    bound = 1 / math.sqrt(3 * 5)
+    assert m.weight.shape == (8, 3, 5) and m.weight.dtype == np.float32
+    assert bound * 0.9 < np.abs(m.weight.numpy()).max() <= bound and np.abs(m.bias.numpy()).max() <= bound
+    assert isinstance(conv1d(x.astype(np.float64), np.ones((1, 4, 2))), np.ndarray)
+
+
+def test_1d_bad_input_messages():
+    x = np.zeros((1, 2, 5))
+    with pytest.raises(ValueError, match=r"conv1d: expected a 3-D input \(N, C, L\), got shape \(2, 5\); add the batch"):
+        conv1d(x[0], np.zeros((4, 2, 1)))
+    with pytest.raises(ValueError, match=r"conv1d: expected a 3-D weight \(out_channels, in_channels/groups, k\)"):
+        conv1d(x, np.zeros((4, 2, 1, 1)))
+    with pytest.raises(ValueError, match=r"conv1d: the input \(1, 2, 5\) has 2 channels but the weight \(4, 3, 1\) expects 3"):
+        conv1d(x, np.zeros((4, 3, 1)))
+    with pytest.raises(ValueError, match=r"conv1d: kernel 7 \(dilated 7\) is longer than the padded input \(length 5"):
+        conv1d(x, np.zeros((4, 2, 7)))
+    with pytest.raises(ValueError, match=r"conv1d: padding='same' needs stride 1, got stride 2"):
+        conv1d(x, np.zeros((4, 2, 3)), stride=2, padding="same")
+    with pytest.raises(ValueError, match=r"conv1d: bias must have shape \(4,\)"):
+        conv1d(x, np.zeros((4, 2, 1)), np.zeros(3))
+    with pytest.raises(TypeError, match=r"conv1d: input \(float32\) and weight \(float64\)"):
+        conv1d(x.astype(np.float32), np.zeros((4, 2, 1)))
+    with pytest.raises(ValueError, match=r"conv1d: stride must be an int >= 1"):
+        conv1d(x, np.zeros((4, 2, 1)), stride=0)
+    with pytest.raises(ValueError, match=r"max_pool1d: kernel 7 \(dilated 7\) is longer than the padded input"):
+        max_pool1d(x, 7)
+    with pytest.raises(ValueError, match=r"avg_pool1d: padding 2 must be at most half the kernel size 3"):
+        avg_pool1d(x, 3, padding=2)
+    with pytest.raises(ValueError, match=r"adaptive_avg_pool1d: expected a 3-D input"):
+        adaptive_avg_pool1d(np.zeros((1, 2, 3, 3)), 1)
+    with pytest.raises(ValueError, match=r"Conv1d\(3, 8, kernel_size=\(3,\), stride=\(1,\)\): the input \(1, 2, 5\) has 2 "
+                                         r"channels, expected in_channels=3"):
+        Conv1d(3, 8, 3)(nb.tensor(x))
+    with pytest.raises(ValueError, match=r"Conv1d: in_channels \(3\) and out_channels \(8\) must be positive"):
+        Conv1d(3, 8, 3, groups=2)
