@@ -216,3 +216,44 @@ def test_ctrl_c_as_a_program(tmp_path):
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
     assert "Traceback" not in err and err.strip().count("\n") == 0 and "interrupted" in err
+
+
+# ------------------------------------------------------------- issue 12: one registry; the pretrained-model hook
+
+def test_train_accepts_registry_specs(tmp_path, capsys):
+    status, out, _ = run(capsys, "train", "iris:0,1", "--epochs", "2", "--quiet", "--out", str(tmp_path))
+    assert status == 0 and "2 classes" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "cifar:0,1"])
+    assert e.value.code == 2 and "invalid choice: 'cifar'" in capsys.readouterr().err
+
+
+def test_finetune_hands_a_pretrained_model_to_its_module(tmp_path, monkeypatch, capsys):
+    import sys, types
+    fake = types.ModuleType("neuralbook.pretrained")
+    fake.MODELS = {"minilm": object()}
+    seen = []
+    fake.finetune_command = lambda args: seen.append((args.dataset, args.data, args.method, args.rank)) or 0
+    monkeypatch.setitem(sys.modules, "neuralbook.pretrained", fake)
+    import importlib.util
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "neuralbook.pretrained" else real_find(name, *a))
+    status, _, _ = run(capsys, "finetune", "minilm", "--data", "reviews.csv", "--method", "head", "--rank", "4")
+    assert status == 0 and seen == [("minilm", "reviews.csv", "head", 4)]
+    status, _, err = run(capsys, "finetune", "minilm", "--data", "x.csv")            # defaults: lora, rank 8
+    assert seen[-1] == ("minilm", "x.csv", "lora", 8)
+    with pytest.raises(SystemExit) as e:                                              # not a model: --from is needed
+        cli.main(["finetune", "digits"])
+    assert e.value.code == 2 and "--from" in capsys.readouterr().err
+
+
+def test_plugins_without_their_function_are_skipped(tmp_path, monkeypatch):
+    (tmp_path / "nb_plugin_empty.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "PLUGINS", ["nb_plugin_empty:add_embed_parser", "neuralbook.cli_finetune:add_finetune_parser"])
+    assert "finetune" in cli.build_parser().format_help()
+
+
+def test_plugin_list():
+    assert cli.PLUGINS == ["neuralbook.cli_finetune:add_finetune_parser", "neuralbook.pretrained:add_embed_parser"]

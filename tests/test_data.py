@@ -521,3 +521,116 @@ def test_read_idx_refuses_a_gzip_bomb_before_inflating(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 50 << 20
+
+
+# ---------------------------------------------------------------- issue 12: the array fast path, one dataset registry
+
+def _slow_batches(dl):
+    "The general path: the loader's index arrays, each fetched through get_batch / collate."
+    return [tuple(t.numpy() for t in dl.fetch(i)) for i in dl.batch_indices()]
+
+
+@pytest.mark.parametrize("shuffle, drop_last, small", [(False, False, True), (True, False, True), (True, True, True),
+                                                        (False, False, False), (True, True, False)])
+def test_fast_path_gives_the_slow_paths_batches_bit_for_bit(monkeypatch, shuffle, drop_last, small):
+    import neuralbook.data as data
+    monkeypatch.setattr(data, "_GATHER_EPOCH_BYTES", 1 << 20 if small else 0)   # whole-epoch or per-batch gather
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((103, 3, 2)).astype(np.float32), rng.integers(0, 5, 103)
+    for seed in (0, 7):
+        kw = dict(batch_size=16, shuffle=shuffle, drop_last=drop_last, seed=seed)
+        slow = _slow_batches(DataLoader(TensorDataset(X, y), **kw))
+        fast_dl = DataLoader(TensorDataset(X, y), **kw)
+        assert fast_dl._fast_arrays() is not None
+        fast = [tuple(t.numpy() for t in b) for b in fast_dl]
+        assert len(fast) == len(slow) == len(fast_dl)
+        for a, b in zip(slow, fast):
+            assert all(u.dtype == v.dtype and np.array_equal(u, v) for u, v in zip(a, b))
+        # the default generator too (seed=None): the same permutations as the general path
+        manual_seed(seed); slow = _slow_batches(DataLoader(TensorDataset(X, y), 16, shuffle=shuffle))
+        manual_seed(seed); fast = [tuple(t.numpy() for t in b) for b in DataLoader(TensorDataset(X, y), 16, shuffle=shuffle)]
+        assert all(np.array_equal(u, v) for a, b in zip(slow, fast) for u, v in zip(a, b))
+
+
+def test_fast_path_batches_are_copies_and_other_datasets_collate():
+    X = np.zeros((10, 2), np.float32)
+    for shuffle in (False, True):
+        for xb, in DataLoader(TensorDataset(X), 4, shuffle=shuffle, seed=0):
+            assert not np.shares_memory(xb.data, X)
+            xb.data += 1
+    assert (X == 0).all()
+
+    class Squares(Dataset):
+        def __init__(self): self.calls = 0
+        def __len__(self): return 7
+        def __getitem__(self, i):
+            self.calls += 1
+            return np.float32(i), np.float32(i * i)
+    sq = Squares()
+    dl = DataLoader(sq, 3, shuffle=True, seed=1)
+    assert dl._fast_arrays() is None
+    batches = list(dl)
+    assert sq.calls == 7 and sorted(np.concatenate([b[0].numpy() for b in batches]).tolist()) == list(range(7))
+
+    class Doubled(TensorDataset):   # a TensorDataset whose batches are its own: its get_batch is used, per batch
+        def get_batch(self, idx): return tuple(Tensor._wrap(2 * a[idx]) for a in self.arrays)
+    dl = DataLoader(Doubled(np.arange(6.0)), 4)
+    assert dl._fast_arrays() is None and next(iter(dl))[0].numpy().tolist() == [0, 2, 4, 6]
+    # a custom collate_fn goes through the samples, never through the fast path
+    dl = DataLoader(TensorDataset(np.arange(5.0)), 2, collate_fn=lambda s: len(s))
+    assert dl._fast_arrays() is None and list(dl) == [2, 2, 1]
+
+
+def test_keras_fit_uses_the_dataloader():
+    from neuralbook.keras.trainers.data_adapter import _array_loader
+    X, y = np.arange(12, dtype=np.float32).reshape(6, 2), np.arange(6)
+    dl = _array_loader([X, y], 4, True, "fit")
+    assert isinstance(dl, DataLoader) and dl._fast_arrays() is not None and len(dl) == 2
+    with pytest.raises(ValueError, match="fit: batch_size must be a positive int, got 0"):
+        _array_loader([X, y], 0, False, "fit")
+
+
+def test_load_dataset_every_name():
+    import os
+    for name in D.DATASETS:
+        if name == "fashion_mnist" and not os.path.isdir(D.FASHION_MNIST_DIR):
+            with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+                D.load_dataset(name)
+            continue
+        X, y = D.load_dataset(name)
+        assert X.dtype == np.float32 and y.dtype == np.int64 and X.ndim == 2 and len(X) == len(y) > 0
+        assert y.min() == 0
+    X1, y1 = D.load_dataset("moons")
+    X2, y2 = D.load_dataset("moons")
+    assert np.array_equal(X1, X2) and np.array_equal(y1, y2) and np.bincount(y1).tolist() == [500, 500]
+    assert np.bincount(D.load_dataset("spirals")[1]).tolist() == [300, 300, 300]
+
+
+def test_load_dataset_classes_npz_and_errors(tmp_path):
+    X, y = D.load_dataset("digits:5-9")
+    assert sorted(set(y.tolist())) == [0, 1, 2, 3, 4] and X.shape[1] == 64
+    assert np.bincount(D.load_dataset("iris:2,0")[1]).tolist() == [50, 50]
+    Xs, ys = D.load_dataset("spirals:1,2")
+    assert np.bincount(ys).tolist() == [300, 300]
+    np.savez(tmp_path / "d.npz", X=np.ones((4, 3)), y=np.array([0, 1, 0, 1]))
+    Xn, yn = D.load_dataset(str(tmp_path / "d.npz"))
+    assert Xn.dtype == np.float32 and yn.tolist() == [0, 1, 0, 1]
+    assert D.load_dataset(str(tmp_path / "d.npz") + ":1")[1].tolist() == [0, 0]
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar'; known names: iris, wine, breast_cancer, digits, "
+                                         r"mnist, fashion_mnist, moons, spirals"):
+        D.load_dataset("cifar")
+    with pytest.raises(ValueError, match=r"classes \[10, 11, 12\] do not occur"):
+        D.load_dataset("digits:5-12")
+    with pytest.raises(ValueError, match="bad class list 'a-b'"):
+        D.load_dataset("digits:a-b")
+    with pytest.raises(TypeError, match="load_dataset: spec must be a string"):
+        D.load_dataset(3)
+    np.savez(tmp_path / "bad.npz", A=np.ones(3))
+    with pytest.raises(ValueError, match=r"must hold arrays 'X' and 'y', it has \['A'\]"):
+        D.load_dataset(str(tmp_path / "bad.npz"))
+
+
+def test_one_registry_for_the_cli_and_finetune():
+    from neuralbook import cli, finetune
+    assert cli.load_dataset is finetune.load_dataset is D.load_dataset
+    assert cli.DATASETS == tuple(D.DATASETS)

@@ -799,3 +799,73 @@ def test_finetune_command_errors(tmp_path):
         cli("finetune", "--from", str(pre), "iris", "--out", str(tmp_path / "o"))
     with pytest.raises(SystemExit):
         cli("finetune", "digits")  # --from is required
+
+
+# ---------------------------------------------------------------- issue 12: one home per idea
+
+def test_every_old_name_is_importable_from_finetune_and_lives_in_one_place():
+    import neuralbook.cli_finetune as cf
+    import neuralbook.callbacks as cb
+    import neuralbook.datasets as D
+    import neuralbook.lora as lo
+    import neuralbook.torch_import as ti
+    import neuralbook.zoo as zoo
+    homes = {"zoo": (zoo, ["FORMAT", "VERSION", "ARCHITECTURES", "PARAMETER_COUNTS", "read_safetensors",
+                            "register_architecture", "mlp", "small_cnn", "input_shape", "build_model",
+                            "architecture_parameters", "keras_mlp_to_neuralbook", "model_from_checkpoint",
+                            "save_weights", "load_weights"]),
+             "torch_import": (ti, ["keras_layout", "torch_to_neuralbook", "load_torch_weights"]),
+             "lora": (lo, ["LoRALinear", "inject_lora", "merge_lora", "unmerge_lora", "lora_state_dict", "save_lora",
+                           "load_lora"]),
+             "cli_finetune": (cf, ["add_finetune_parser", "finetune_main"]),
+             "datasets": (D, ["load_dataset"]), "callbacks": (cb, ["LRFindResult"])}
+    for where, (mod, names) in homes.items():
+        for n in names:
+            assert getattr(ft, n) is getattr(mod, n), (where, n)
+            assert n in ft.__all__, n
+    for n in ("save_checkpoint", "load_checkpoint", "save_training_state", "load_training_state", "TrainingCheckpoint",
+              "find_head", "select_parameters", "freeze", "unfreeze", "replace_head", "layer_groups",
+              "param_groups_by_depth", "GradualUnfreezing", "lr_find"):
+        assert getattr(ft, n).__module__ == "neuralbook.finetune", n
+
+
+def test_fresh_imports_of_each_module():
+    import subprocess, sys
+    for mod in ("neuralbook.lora", "neuralbook.zoo", "neuralbook.torch_import", "neuralbook.cli_finetune",
+                "neuralbook.callbacks", "neuralbook.finetune"):
+        r = subprocess.run([sys.executable, "-c", f"import {mod}"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_unmerge_lora_undoes_merge(tmp_path):
+    model = mlp(0)
+    inject_lora(model, rank=2)
+    for m in model.modules():
+        if isinstance(m, LoRALinear): m.lora_B.data[...] = nb.Generator(1).normal(m.lora_B.shape, std=0.3)
+    path = save_lora(tmp_path / "a.safetensors", model)
+    x = nb.tensor(X[:10])
+    before = model(x).numpy()
+    base_w = {n: m.base.weight.data.copy() for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    names = ft.unmerge_lora(model, path)
+    assert names == sorted(base_w) or sorted(names) == sorted(base_w)
+    mods = dict(model.named_modules())
+    for n in names:
+        assert isinstance(mods[n], LoRALinear)
+        np.testing.assert_allclose(mods[n].base.weight.data, base_w[n], atol=1e-6)
+    np.testing.assert_allclose(model(x).numpy(), before, atol=1e-5)
+    with pytest.raises(ValueError, match="unmerge_lora: layers .* still have their adapters"):
+        ft.unmerge_lora(model, path)
+
+
+def test_one_mlp_builder_for_keras_and_core():
+    keras = pytest.importorskip("neuralbook.keras")
+    from neuralbook import cli
+    km = cli.build_mlp(6, 3, hidden=(16, 8), dropout=0.1, name="m")
+    assert [l.name for l in km.layers] == ["hidden_1", "dropout_1", "hidden_2", "dropout_2", "output"]
+    core = ft.build_model("mlp", in_features=6, hidden=[16, 8], num_classes=3, dropout=0.1)
+    assert km.count_params() == core.num_parameters() == ft.architecture_parameters("mlp", core.arch["config"])
+    conv = ft.keras_mlp_to_neuralbook(km)
+    assert conv.arch == {"name": "mlp", "config": {"in_features": 6, "hidden": [16, 8], "num_classes": 3,
+                                                   "dropout": 0.1}}

@@ -872,3 +872,102 @@ def test_learner_load_verifies_the_digest_and_old_files_need_verify_false(tmp_pa
     with pytest.raises(ValueError, match=r"has no digest .*verify=False"):
         fresh.load(old)
     assert fresh.load(old, verify=False) == {"epoch": 4} and same_weights(weights(fresh.model), weights(learn.model))
+
+
+# ---------------------------------------------------------------- issue 12: the LR finder as a callback, one accuracy
+
+def _finder_learner(opt_cls=optim.Adam, lr=1e-3, shuffle_seed=4):
+    nb.manual_seed(0)
+    X = np.random.default_rng(1).standard_normal((64, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2))
+    return Learner(m, cross_entropy, opt_cls(m.parameters(), lr=lr),
+                   DataLoader(TensorDataset(X, y), 16, shuffle=True, seed=shuffle_seed),
+                   DataLoader(TensorDataset(X, y), 32), metrics=["accuracy"])
+
+
+def test_lr_finder_restores_model_optimizer_and_generators_bit_identically():
+    from neuralbook.learner import LRFinder, LRFindResult
+    learn = _finder_learner()
+    learn.fit(2)                                       # some optimiser state to restore
+    hist = {k: list(v) for k, v in learn.recorder.history.items()}
+    w = {k: v.copy() for k, v in learn.model.state_dict().items()}
+    o = learn.opt.state_dict()
+    g, d = nb.backend.get_generator().get_state(), learn.train_dl.generator.get_state()
+    learn.model.eval()
+    finder = LRFinder(start_lr=1e-5, end_lr=10, num_it=30)
+    res = finder.run(learn)
+    assert isinstance(res, LRFindResult) and 2 <= len(res.lrs) <= 30
+    assert all(np.array_equal(w[k], v) for k, v in learn.model.state_dict().items())
+    o2 = learn.opt.state_dict()
+    assert o2["param_groups"] == o["param_groups"] and learn.lr == 1e-3
+    assert all(np.array_equal(o["state"][i][k], o2["state"][i][k]) for i in o["state"] for k in o["state"][i]
+               if isinstance(o["state"][i][k], np.ndarray))
+    assert nb.backend.get_generator().get_state() == g and learn.train_dl.generator.get_state() == d
+    assert not learn.model.training and learn.recorder.history == hist and learn.epoch == 1
+    # the next fit continues exactly as if lr_find had never run
+    def run(find):
+        learn = _finder_learner()
+        learn.fit(2)
+        if find: learn.lr_find(start_lr=1e-5, end_lr=10, num_it=30)
+        learn.fit(4, start_epoch=2)
+        return learn.recorder.history, learn.model.state_dict()
+    (h1, w1), (h2, w2) = run(False), run(True)
+    assert h1 == h2 and all(np.array_equal(w1[k], w2[k]) for k in w1)
+    np.testing.assert_allclose(np.diff(np.log(res.lrs)), np.log(10 / 1e-5) / 29)
+    assert res.lrs[0] == 1e-5
+
+
+def test_lr_finder_cancels_on_divergence_and_skips_validation():
+    from neuralbook.learner import LRFinder
+    learn = _finder_learner(optim.SGD, lr=0.1)
+    seen = []
+    class Watch(Callback):
+        def after_batch(self):
+            if not self.learn.training: seen.append("validation batch")
+        def after_cancel_validate(self): seen.append("validation cancelled")
+        def after_cancel_fit(self): seen.append("cancelled")
+    learn.add_cb(Watch())
+    res = learn.lr_find(start_lr=1e-3, end_lr=1e6, num_it=100)
+    assert len(res.lrs) < 100 and seen.count("cancelled") == 1 and "validation batch" not in seen
+    assert seen.count("validation cancelled") == -(-len(res.lrs) // 4) - 1   # every epoch but the cancelled one
+    assert max(res.smoothed) > 4 * min(res.smoothed)         # it stopped because the loss had diverged
+    assert learn.lr == 0.1
+    no_stop = LRFinder(1e-3, 1e-1, num_it=12, stop_div=False).run(learn)
+    assert len(no_stop.lrs) == 12                             # 12 steps over 4 batches per epoch: 3 epochs, then cancel
+    with pytest.raises(ValueError, match="need 0 < start_lr < end_lr"):
+        learn.lr_find(start_lr=1, end_lr=0.1)
+    with pytest.raises(ValueError, match="num_it must be an int >= 2"):
+        learn.lr_find(num_it=1)
+    with pytest.raises(ValueError, match="suggestion must be 'steepest' or 'min/10'"):
+        learn.lr_find(suggestion="max")
+
+
+def test_learner_lr_find_keeps_discriminative_ratios_and_quiet_callbacks(tmp_path):
+    learn = _finder_learner()
+    m = learn.model
+    learn.opt = optim.Adam([{"params": m[0].parameters(), "lr": 1e-3}, {"params": m[3].parameters(), "lr": 4e-3}])
+    rates = []
+    class Rates(Callback):
+        def after_step(self): rates.append([g["lr"] for g in self.learn.opt.param_groups])
+    log = tmp_path / "log.csv"
+    learn.add_cbs([Rates(), CSVLogger(log), ProgressCallback(bar=False, file=io.StringIO())])
+    res = learn.lr_find(start_lr=1e-4, end_lr=1.0, num_it=10)
+    assert len(rates) == len(res.lrs) and all(b == pytest.approx(4 * a) for a, b in rates)   # the ratio is kept
+    assert [a for a, _ in rates] == pytest.approx(res.lrs.tolist())
+    assert not log.exists()                                   # the CSV logger sat this one out
+    assert any(type(c).__name__ == "CSVLogger" for c in learn.cbs)   # and is back
+    rates.clear()
+    learn.fit(1)
+    assert rates and all(r == [1e-3, 4e-3] for r in rates) and log.exists()   # the rates are restored
+    assert res.suggestion == "steepest" and res.suggested_lr == res.steepest_lr
+    assert repr(res).startswith(f"LRFindResult({len(res.lrs)} steps, suggested_lr=")
+
+
+def test_learner_accuracy_is_chapter_07s_accuracy_score(monkeypatch):
+    import neuralbook.metrics as M
+    calls = []
+    real = M.accuracy_score
+    monkeypatch.setattr(L, "accuracy_score", lambda t, p: calls.append(1) or real(t, p))
+    assert L.accuracy([0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]) == pytest.approx(2 / 3) and calls == [1]
+    assert L.METRICS["accuracy"] is L.accuracy
