@@ -185,6 +185,11 @@ OPS = {
     "gelu_tanh": (unary(), lambda a: F.gelu(a, "tanh"), lambda a: tF.gelu(a, approximate="tanh"), True),
     "sigmoid": (unary(), F.sigmoid, torch.sigmoid if torch else None, True),
     "tanh": (unary(), F.tanh, torch.tanh if torch else None, True),
+    "silu": (unary(), F.silu, tF.silu if torch else None, True),
+    "selu": (unary(), F.selu, tF.selu if torch else None, True),
+    "softplus": (unary(), F.softplus, tF.softplus if torch else None, True),
+    "softplus_beta": (unary(), lambda a: F.softplus(a, beta=2.0), lambda a: tF.softplus(a, beta=2.0), True),
+    "mish": (unary(), F.mish, tF.mish if torch else None, True),
     "softmax": (softmax_in(), F.softmax, lambda a, axis: torch.softmax(a, dim=axis), True),
     "log_softmax": (softmax_in(), F.log_softmax, lambda a, axis: torch.log_softmax(a, dim=axis), True),
 }
@@ -288,3 +293,19 @@ def test_reshape_and_axis_errors():
 def test_ops_accept_raw_arrays_and_return_arrays():
     a = np.arange(6.0).reshape(2, 3)
     assert isinstance(F.softmax(a), np.ndarray) and isinstance(F.sum(a, axis=0), np.ndarray)
+
+
+def test_softplus_silu_selu_stable_at_extremes():
+    x = nb.tensor([-1000.0, -30.0, 0.0, 30.0, 1000.0])
+    sp, si, se = F.softplus(x).numpy(), F.silu(x).numpy(), F.selu(x).numpy()
+    assert np.isfinite(sp).all() and np.isfinite(si).all() and np.isfinite(se).all()
+    assert sp[-1] == 1000.0 and sp[0] == 0.0 and abs(sp[2] - np.log(2.0)) < 1e-7
+    assert si[-1] == 1000.0 and si[0] == 0.0
+    np.testing.assert_allclose(se[0], -1.0507009873554805 * 1.6732632423543772, rtol=1e-6)
+    assert F.softplus(nb.tensor(np.zeros(3, np.float32))).dtype == np.float32
+
+
+def test_losses_softplus_is_the_functional_one():
+    from neuralbook import losses
+    x = nb.tensor(np.linspace(-4, 4, 9))
+    np.testing.assert_array_equal(losses.softplus(x).numpy(), F.softplus(x).numpy())

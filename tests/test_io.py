@@ -550,3 +550,86 @@ def test_parameter_count_helpers():
         check_parameter_count(84, 83, "x")
     with pytest.raises(ValueError, match=r"more than the limit of 10 \(max_parameters\)"):
         check_parameter_count(11, 100, "x", max_parameters=10)
+
+
+# ---------------------------------------------------------------- save / load (PyTorch's two calls, no pickle)
+def test_save_load_state_dict_nested_optimizer_state_and_tensor(tmp_path):
+    from collections import OrderedDict
+    sd = OrderedDict([("fc.weight", np.arange(6, dtype=np.float32).reshape(2, 3)), ("fc.bias", np.zeros(2, np.float32))])
+    nb.io.save(sd, tmp_path / "model.pth")
+    back = nb.io.load(tmp_path / "model.pth", weights_only=True)
+    assert list(back) == ["fc.weight", "fc.bias"]
+    for k in sd: np.testing.assert_array_equal(back[k], sd[k]); assert back[k].dtype == sd[k].dtype
+    arrays, _ = load_safetensors(tmp_path / "model.pth")           # a plain state dict is a plain safetensors file
+    assert sorted(arrays) == ["fc.bias", "fc.weight"]
+    state = {"state": {0: {"step": 3, "exp_avg": nb.tensor([0.5, -0.5])}, 1: {"step": 3, "exp_avg": None}},
+             "param_groups": [{"lr": 0.01, "betas": (0.9, 0.999), "params": [0, 1], "nesterov": False, "name": "a.b"}],
+             "nan": float("nan"), "key.with.dots": nb.tensor(1.0), "key": {"with": {"dots": nb.tensor(2.0)}}}
+    nb.io.save(state, tmp_path / "opt.pth")
+    got = nb.io.load(tmp_path / "opt.pth")
+    assert list(got["state"]) == [0, 1] and got["state"][0]["step"] == 3 and got["state"][1]["exp_avg"] is None
+    assert isinstance(got["state"][0]["exp_avg"], nb.Tensor) and got["state"][0]["exp_avg"].tolist() == [0.5, -0.5]
+    assert got["param_groups"] == [{"lr": 0.01, "betas": (0.9, 0.999), "params": [0, 1], "nesterov": False,
+                                    "name": "a.b"}]
+    assert np.isnan(got["nan"]) and got["key.with.dots"].item() == 1.0 and got["key"]["with"]["dots"].item() == 2.0
+    t = nb.tensor([[1.0, 2.0]], requires_grad=True)
+    nb.io.save(t, tmp_path / "t.pt")
+    u = nb.io.load(tmp_path / "t.pt", map_location="cpu")
+    assert isinstance(u, nb.Tensor) and u.requires_grad and u.tolist() == [[1.0, 2.0]] and u.device == "cpu"
+    import io as pyio
+    buf = pyio.BytesIO(); nb.io.save([np.int64(3), "x", (1, 2)], buf)
+    assert nb.io.load(pyio.BytesIO(buf.getvalue())) == [3, "x", (1, 2)]
+
+
+def test_save_load_roundtrips_a_module_and_an_optimiser(tmp_path):
+    nb.manual_seed(0)
+    net = nb.nn.Sequential(nb.nn.Linear(3, 4), nb.nn.ReLU(), nb.nn.Linear(4, 2))
+    opt = nb.optim.Adam(net.parameters(), lr=0.01)
+    loss = (net(nb.tensor(np.ones((5, 3), np.float32))) ** 2).mean()
+    loss.backward(); opt.step()
+    nb.io.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 1}, tmp_path / "ckpt.pth")
+    ck = nb.io.load(tmp_path / "ckpt.pth")
+    nb.manual_seed(1)
+    net2 = nb.nn.Sequential(nb.nn.Linear(3, 4), nb.nn.ReLU(), nb.nn.Linear(4, 2))
+    opt2 = nb.optim.Adam(net2.parameters(), lr=0.01)
+    net2.load_state_dict(ck["model"]); opt2.load_state_dict(ck["optimizer"])
+    for p, q in zip(net.parameters(), net2.parameters()): np.testing.assert_array_equal(p.numpy(), q.numpy())
+    assert ck["epoch"] == 1
+
+
+def test_load_refuses_pytorch_pickles_and_zips_with_the_conversion(tmp_path):
+    import pickle
+    (tmp_path / "a.pth").write_bytes(pickle.dumps({"w": [1.0]}, protocol=2))
+    with zipfile.ZipFile(tmp_path / "b.pth", "w") as z: z.writestr("archive/data.pkl", b"x")
+    for name, kind in [("a.pth", "pickle"), ("b.pth", "zip archive")]:
+        with pytest.raises(ValueError, match=rf"load: .*{name} is a {kind}.*never unpickles.*"
+                                             rf"torch.load\(path, weights_only=True\).*finetune.load_torch_weights"):
+            nb.io.load(tmp_path / name)
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.ones(2)}, tmp_path / "c.pth")
+    with pytest.raises(ValueError, match="c.pth is a zip archive .*load_torch_weights"):
+        nb.io.load(tmp_path / "c.pth")
+
+
+def test_save_refuses_code_and_odd_keys_load_checks_map_location(tmp_path):
+    with pytest.raises(TypeError, match=r"save: cannot store a function \(at model.fn\).*never pickled"):
+        nb.io.save({"model": {"fn": lambda x: x}}, tmp_path / "x.pth")
+    with pytest.raises(TypeError, match=r"save: dict key \(1, 2\) .* keys must be strings"):
+        nb.io.save({(1, 2): 1}, tmp_path / "x.pth")
+    assert not (tmp_path / "x.pth").exists()
+    nb.io.save({"a": np.ones(2)}, tmp_path / "ok.pth")
+    with pytest.raises(TypeError, match="map_location must be a device name"):
+        nb.io.load(tmp_path / "ok.pth", map_location={"cuda:0": "cpu"})
+    raw = bytearray((tmp_path / "ok.pth").read_bytes()); raw[-1] ^= 1
+    (tmp_path / "bad.pth").write_bytes(raw)
+    with pytest.raises(ValueError, match="load: .*bad.pth.*digest"):
+        nb.io.load(tmp_path / "bad.pth")
+
+
+def test_load_reads_other_programs_safetensors_as_a_dict_of_tensors(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    st.save_file({"w": np.arange(3, dtype=np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="no digest"):
+        nb.io.load(tmp_path / "other.safetensors")
+    got = nb.io.load(tmp_path / "other.safetensors", verify=False)
+    assert isinstance(got["w"], nb.Tensor) and got["w"].tolist() == [0.0, 1.0, 2.0]

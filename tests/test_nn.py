@@ -148,7 +148,8 @@ def test_initialisers_are_seeded_and_gains_match_torch():
 
 
 @pytest.mark.parametrize("name,kw", [("ReLU", {}), ("LeakyReLU", {"negative_slope": 0.2}), ("ELU", {"alpha": 0.5}),
-                                     ("GELU", {}), ("Sigmoid", {}), ("Tanh", {})])
+                                     ("GELU", {}), ("Sigmoid", {}), ("Tanh", {}), ("SiLU", {}), ("SELU", {}),
+                                     ("Softplus", {}), ("Softplus", {"beta": 2.0}), ("Mish", {})])
 def test_activation_modules_match_torch(name, kw):
     if torch is None:
         pytest.skip("torch not installed")
@@ -168,3 +169,12 @@ def test_flatten_identity_sequential_indexing():
     assert isinstance(m[0], nn.Linear) and len(m) == 3 and len(m[:2]) == 2
     m.append(nn.Softmax())
     assert len(m) == 4
+
+
+def test_new_activation_modules_are_chapter_02_functions_with_gradients():
+    x = nb.tensor(np.linspace(-3, 3, 7), requires_grad=True)
+    for mod, fn in [(nn.SiLU(), nb.functional.silu), (nn.SELU(), nb.functional.selu), (nn.Mish(), nb.functional.mish),
+                    (nn.Softplus(beta=2.0), lambda t: nb.functional.softplus(t, beta=2.0))]:
+        np.testing.assert_array_equal(mod(x).numpy(), fn(x).numpy())
+        assert nb.gradcheck(lambda t: mod(t), np.linspace(-3, 3, 7))
+    assert repr(nn.Softplus(beta=2.0)) == "Softplus(beta=2.0)"
