@@ -468,3 +468,103 @@ def test_bad_arguments_and_sizes():
         L.BatchNormalization(axis=3)(keras.Input(shape=(4, 4)))
     with pytest.raises(TypeError, match="axis must be an int"):
         L.BatchNormalization(axis=[1, 2])
+
+
+# -- 1-D layers (chapter 11c: Conv1D, pooling over steps) against Keras 3 on its torch backend --
+
+def _keras3():
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    pytest.importorskip("torch")
+    k = pytest.importorskip("keras")
+    if k.backend.backend() != "torch": pytest.skip("Keras must run on its torch backend here")
+    return k
+
+
+SEQ = np.random.default_rng(3).standard_normal((2, 9, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=3, padding="same"),
+                                dict(kernel_size=3, padding="causal"), dict(kernel_size=4, strides=2, padding="same"),
+                                dict(kernel_size=3, dilation_rate=2, padding="causal"),
+                                dict(kernel_size=2, groups=2, padding="same"), dict(kernel_size=3, strides=3),
+                                dict(kernel_size=3, padding="same", data_format="channels_first")])
+def test_conv1d_against_keras(kw):
+    keras = _keras3()
+    import torch
+    from neuralbook.keras.layers.convolutional import Conv1D
+    x = SEQ if kw.get("data_format") != "channels_first" else SEQ.transpose(0, 2, 1).copy()
+    kl, ol = keras.layers.Conv1D(6, **kw), Conv1D(6, **kw)
+    kl(x); ol(x)
+    w = [np.random.default_rng(4).uniform(-0.5, 0.5, a.shape).astype(np.float32) for a in kl.get_weights()]
+    kl.set_weights(w); ol.set_weights(w)
+    assert [a.shape for a in ol.get_weights()] == [a.shape for a in w]
+    xt, xn = torch.tensor(x, requires_grad=True), nb.tensor(x, requires_grad=True)
+    ko, oo = kl(xt), ol(xn)
+    np.testing.assert_allclose(oo.numpy(), ko.detach().numpy(), atol=1e-5)
+    assert ol.compute_output_shape((None,) + x.shape[1:]) == (None,) + tuple(ko.shape[1:])
+    c = np.random.default_rng(5).standard_normal(tuple(ko.shape)).astype(np.float32)
+    (ko * torch.tensor(c)).sum().backward(); (oo * nb.tensor(c)).sum().backward()
+    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), atol=1e-5)
+
+
+def test_conv1d_gradcheck_and_causality():
+    from neuralbook.keras.layers.convolutional import Conv1D
+    c = Conv1D(3, 3, padding="causal", dilation_rate=2, dtype="float64")
+    x = np.random.default_rng(6).standard_normal((2, 7, 2))
+    c(nb.tensor(x))
+    assert nb.gradcheck(lambda t: c(t), x)
+    y, x2 = c(nb.tensor(x)).numpy(), x.copy()
+    x2[:, 4:] += 1.0                                     # changing step 4 on leaves steps 0..3 unchanged
+    np.testing.assert_array_equal(c(nb.tensor(x2)).numpy()[:, :4], y[:, :4])
+
+
+@pytest.mark.parametrize("name,kw", [("MaxPooling1D", dict()), ("MaxPooling1D", dict(pool_size=3, strides=2,
+                                     padding="same")), ("AveragePooling1D", dict(pool_size=3, padding="same")),
+                                     ("AveragePooling1D", dict(pool_size=2, strides=1)),
+                                     ("GlobalAveragePooling1D", dict()), ("GlobalMaxPooling1D", dict(keepdims=True)),
+                                     ("AveragePooling1D", dict(pool_size=2, data_format="channels_first"))])
+def test_pooling1d_against_keras(name, kw):
+    keras = _keras3()
+    import neuralbook.keras.layers.pooling as P
+    kl, ol = getattr(keras.layers, name)(**kw), getattr(P, name)(**kw)
+    np.testing.assert_allclose(ol(SEQ).numpy(), kl(SEQ).detach().numpy(), atol=1e-6)
+    assert ol.compute_output_shape((None, 9, 4)) == (None,) + tuple(kl(SEQ).shape[1:])
+
+
+def test_global_average_pooling1d_mask_against_keras():
+    keras = _keras3()
+    import torch
+    from neuralbook.keras.layers.pooling import GlobalAveragePooling1D
+    m = np.ones((2, 9), bool); m[0, 5:] = False; m[1, :2] = False
+    ko = keras.layers.GlobalAveragePooling1D()(SEQ, mask=torch.tensor(m))
+    np.testing.assert_allclose(GlobalAveragePooling1D()(SEQ, mask=m).numpy(), ko.detach().numpy(), atol=1e-6)
+    g = GlobalAveragePooling1D(dtype="float64")
+    assert nb.gradcheck(lambda t: g(t, mask=m), SEQ.astype(np.float64))
+
+
+def test_1d_bad_input_and_round_trip(tmp_path):
+    from neuralbook.keras.layers.convolutional import Conv1D
+    from neuralbook.keras.layers.pooling import GlobalAveragePooling1D, MaxPooling1D
+    c = Conv1D(4, 3, name="c1")
+    c(SEQ)
+    with pytest.raises(ValueError, match=r"Conv1D 'c1': expected a 3-D input \(batch, steps, channels\), got shape "
+                                         r"\(9, 4\); one sequence"):
+        c(SEQ[0])
+    with pytest.raises(ValueError, match=r"Conv1D 'c1' is incompatible: the input \(2, 9, 3\) has 3 channels, but the "
+                                         r"layer was built for 4"):
+        c(SEQ[..., :3])
+    with pytest.raises(ValueError, match=r"padding must be 'valid', 'same' or 'causal', got 'full'"):
+        Conv1D(2, 3, padding="full")
+    with pytest.raises(ValueError, match=r"kernel_size must be a positive int \(or a 1-tuple\), got \(3, 3\)"):
+        Conv1D(2, (3, 3))
+    with pytest.raises(ValueError, match=r"MaxPooling1D '.*': expected a 3-D input"):
+        MaxPooling1D()(SEQ[0])
+    with pytest.raises(ValueError, match=r"the mask has shape \(2, 8\), expected \(batch, steps\) = \(2, 9\)"):
+        GlobalAveragePooling1D()(SEQ, mask=np.ones((2, 8), bool))
+    inp = keras.Input(shape=(9, 4))
+    y = GlobalAveragePooling1D()(MaxPooling1D(2)(Conv1D(5, 3, padding="causal", dilation_rate=2)(inp)))
+    model = keras.Model(inp, y)
+    model.save(tmp_path / "c.keras")
+    back = keras.models.load_model(tmp_path / "c.keras")
+    np.testing.assert_allclose(back.predict(SEQ, verbose=0), model.predict(SEQ, verbose=0), atol=1e-6)
