@@ -233,16 +233,17 @@ def test_finetune_hands_a_pretrained_model_to_its_module(tmp_path, monkeypatch, 
     fake = types.ModuleType("neuralbook.pretrained")
     fake.MODELS = {"minilm": object()}
     seen = []
-    fake.finetune_command = lambda args: seen.append((args.dataset, args.data, args.method, args.rank)) or 0
+    fake.finetune_command = lambda args: seen.append((args.model, args.data, args.method, args.rank, args.epochs,
+                                                      args.lr, args.out)) or 0
     monkeypatch.setitem(sys.modules, "neuralbook.pretrained", fake)
     import importlib.util
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "neuralbook.pretrained" else real_find(name, *a))
     status, _, _ = run(capsys, "finetune", "minilm", "--data", "reviews.csv", "--method", "head", "--rank", "4")
-    assert status == 0 and seen == [("minilm", "reviews.csv", "head", 4)]
-    status, _, err = run(capsys, "finetune", "minilm", "--data", "x.csv")            # defaults: lora, rank 8
-    assert seen[-1] == ("minilm", "x.csv", "lora", 8)
+    assert status == 0 and seen == [("minilm", "reviews.csv", "head", 4, None, None, None)]   # its own defaults
+    status, _, err = run(capsys, "finetune", "minilm", "--data", "x.csv", "--epochs", "2")   # defaults: lora, rank 8
+    assert seen[-1] == ("minilm", "x.csv", "lora", 8, 2, None, None)
     with pytest.raises(SystemExit) as e:                                              # not a model: --from is needed
         cli.main(["finetune", "digits"])
     assert e.value.code == 2 and "--from" in capsys.readouterr().err
