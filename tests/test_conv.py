@@ -542,3 +542,72 @@ def test_1d_bad_input_messages():
         Conv1d(3, 8, 3)(nb.tensor(x))
     with pytest.raises(ValueError, match=r"Conv1d: in_channels \(3\) and out_channels \(8\) must be positive"):
         Conv1d(3, 8, 3, groups=2)
+
+
+# ------------------------------------------------------------------ Winograd F(2×2, 3×3) (chapter 11a.2)
+from neuralbook import conv_fast
+
+
+def wino_case(seed):
+    rng = np.random.default_rng(7000 + seed)
+    C, K = int(rng.choice([16, 17, 24])), int(rng.choice([16, 20]))
+    H, W = (int(v) for v in rng.integers(1, 9, 2))
+    pad = ["same", "valid", 0, 1, (1, 0), (0, 1), 1, 1][int(rng.integers(0, 8))]
+    ph, pw = (1, 1) if pad == "same" else (0, 0) if pad == "valid" else (pad, pad) if isinstance(pad, int) else pad
+    H, W = max(H, 3 - 2 * ph), max(W, 3 - 2 * pw)
+    x = rng.standard_normal((int(rng.integers(1, 4)), C, H, W))
+    return x, rng.standard_normal((K, C, 3, 3)), rng.standard_normal(K), pad
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("seed", range(16))
+def test_winograd_matches_torch(seed):
+    x, w, b, pad = wino_case(seed)
+    assert conv_module.FAST["conv2d"] is conv_fast.FastConv2dFn
+    assert conv_fast._winograd_applies(x, w, (1, 1), (1, 1), 1)
+    compare_with_torch(lambda x, w, b: conv2d(x, w, b, padding=pad), lambda x, w, b: tF.conv2d(x, w, b, padding=pad),
+                       x, w, b, atol=1e-8, rtol=1e-8)
+
+
+@needs_torch
+def test_winograd_in_bands_and_batch_slices(monkeypatch):
+    "One tile row per band and the batch cut in slices of 8 (the budget at 1 byte): the same numbers."
+    monkeypatch.setattr(conv_fast, "_WINO_BYTES", 1)
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((10, 16, 7, 6)), rng.standard_normal((16, 16, 3, 3)), rng.standard_normal(16)
+    assert len(conv_fast._bands(16, 3, 3, 10, 8)[2]) == 3 * 2
+    for pad in (0, 1):
+        compare_with_torch(lambda x, w, b: conv2d(x, w, b, padding=pad), lambda x, w, b: tF.conv2d(x, w, b, padding=pad),
+                           x, w, b, atol=1e-8, rtol=1e-8)
+
+
+@needs_torch
+def test_winograd_float32_layouts_and_double_backward():
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((4, 32, 9, 8)).astype(np.float32), (0.1 * rng.standard_normal((16, 32, 3, 3))).astype(np.float32)
+    ref = tF.conv2d(torch.tensor(x), torch.tensor(w), padding=1).numpy()
+    for xv in (x, np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2), np.asfortranarray(x)):
+        y = conv2d(xv, w, padding=1)
+        assert y.dtype == np.float32 and y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, atol=2e-5, rtol=1e-5)
+    x64, w64 = rng.standard_normal((1, 16, 4, 4)), rng.standard_normal((16, 16, 3, 3))
+    a, ta = [nb.tensor(t, requires_grad=True) for t in (x64, w64)], [torch.tensor(t, requires_grad=True) for t in (x64, w64)]
+    ga = nb.grad((conv2d(a[0], a[1], padding=1) ** 2).sum(), a, create_graph=True)
+    tga = torch.autograd.grad((tF.conv2d(ta[0], ta[1], padding=1) ** 2).sum(), ta, create_graph=True)
+    gg = nb.grad(sum(((g * g).sum() for g in ga), nb.tensor(0.0, dtype="float64")), a)
+    tgg = torch.autograd.grad(sum((g * g).sum() for g in tga), ta)
+    for g, tg in zip(list(ga) + list(gg), list(tga) + list(tgg)):
+        np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-9, atol=1e-9 * np.abs(tg.detach().numpy()).max())
+
+
+def test_winograd_gradcheck_and_fallbacks():
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((1, 16, 4, 3)), 0.1 * rng.standard_normal((16, 16, 3, 3)), rng.standard_normal(16)
+    assert nb.gradcheck(lambda x, w, b: conv2d(x, w, b, padding=1), x, w, b)
+    ok = conv_fast._winograd_applies
+    assert not ok(x[:, :8], w[:, :8], (1, 1), (1, 1), 1)                     # too few channels: im2col
+    assert not ok(x, w, (2, 2), (1, 1), 1) and not ok(x, w, (1, 1), (2, 2), 1) and not ok(x, w[:, :8], (1, 1), (1, 1), 2)
+    assert not ok(x.astype(np.float16), w.astype(np.float16), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(conv2d(x, w, b, stride=2, padding=1),
+                               conv_module.Conv2dFn((2, 2), (1, 1, 1, 1), (1, 1), 1).forward(x, w, b), atol=1e-12)
