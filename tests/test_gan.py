@@ -196,3 +196,23 @@ def test_distillation_callback_trains_on_the_distillation_loss():
         assert np.isclose(loss, want.item(), rtol=1e-6)
     assert [s[0] for s in seen] == [True, True, False, False] and not teacher.training
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_gan_and_distillation_on_gpu(cp):
+    "One epoch of the GAN and of a distilled student on the GPU (real or emulated) gives the CPU's weights."
+    X = rng.uniform(-1, 1, (8, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    weights = {}
+    for device in ("cpu", "cuda"):
+        G, D = _pair()
+        learn = gan_learner(G, D, DataLoader(TensorDataset(X), batch_size=4), 4, lr=1e-2, seed=1, device=device)
+        learn.fit(1)
+        manual_seed(2)
+        teacher, student = Sequential(Linear(6, 3)), Sequential(Linear(6, 3))
+        learn_s = Learner(student, cross_entropy, SGD(list(student.parameters()), lr=0.1),
+                          DataLoader(TensorDataset(X, y), batch_size=4), device=device,
+                          callbacks=[DistillationCallback(teacher, T=2.0, alpha=0.5)])
+        learn_s.fit(1)
+        weights[device] = [p.numpy() for p in list(G.parameters()) + list(D.parameters()) + list(student.parameters())]
+    for a, b in zip(weights["cuda"], weights["cpu"]):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -113,3 +113,19 @@ def test_recommend_excludes_and_sorts():
     items, _ = recommend(m, 0, 10, k=20, batch_size=3)         # several batches; k larger than what is left
     assert len(items) == 10 and items[:2].tolist() == [2, 3]   # ties: lower index first
     assert m.training
+
+
+def test_models_and_recommend_on_gpu(cp):
+    "DotProductBias, NCF and recommend() on the GPU (real or emulated) give the CPU's results."
+    u, i = np.array([0, 2, 1, 2]), np.array([3, 0, 4, 4])
+    for M in (DotProductBias, NCF):
+        out = {}
+        for device in ("cpu", "cuda"):
+            manual_seed(0)
+            m = M(3, 5, 4, init_std=1.0)
+            m.eval()
+            m.to(device)
+            y = m(nb.tensor(u, device=device), nb.tensor(i, device=device))
+            out[device] = (y.numpy(), recommend(m, 1, 5, k=3))
+        np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out["cuda"][1][0], out["cpu"][1][0])
