@@ -316,3 +316,57 @@ def test_runs_under_autocast(kind):
     (out.sum() + hn.sum()).backward()
     assert out.dtype == np.float32 and all(p.grad is not None and p.grad.dtype == np.float32 for p in m.parameters())
     np.testing.assert_allclose(out.numpy(), m(x, lengths=[5, 3, 4])[0].numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize("bidirectional,num_layers,batch_first,with_lengths,with_h0",
+                         [(False, 1, False, False, False), (True, 2, True, True, True), (False, 2, False, True, True),
+                          (True, 1, True, False, True)])
+def test_lstm_proj_size_against_torch(bidirectional, num_layers, batch_first, with_lengths, with_h0):
+    "LSTM(proj_size=2): weight_hr_l{k}, h with 2 features, c with H; forward and every gradient at 1e-6 (float64)."
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    P = 2
+    ours, theirs = _pair("LSTM", torch, num_layers, bidirectional, batch_first, proj_size=P)
+    rng = np.random.default_rng(4)
+    xs = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
+    nd = num_layers * (2 if bidirectional else 1)
+    states = [rng.standard_normal((nd, B, P)), rng.standard_normal((nd, B, H))] if with_h0 else []
+    lengths = np.array([3, 5, 1]) if with_lengths else None
+    x, tx = nb.tensor(xs, requires_grad=True), torch.tensor(xs, requires_grad=True)
+    s, ts = [nb.tensor(a, requires_grad=True) for a in states], [torch.tensor(a, requires_grad=True) for a in states]
+    out, hn = ours(x, tuple(s) if with_h0 else None, lengths=lengths)
+    if with_lengths:
+        packed = pack_padded_sequence(tx, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False)
+        tp, thn = theirs(packed, tuple(ts) if with_h0 else None)
+        tout, _ = pad_packed_sequence(tp, batch_first=batch_first, total_length=T)
+    else:
+        tout, thn = theirs(tx, tuple(ts) if with_h0 else None)
+    assert out.shape == tuple(tout.shape) and out.shape[-1] == P * (2 if bidirectional else 1)
+    outs, touts = [out] + list(hn), [tout] + list(thn)
+    for a, b in zip(outs, touts):
+        assert a.shape == tuple(b.shape)
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), atol=1e-6, rtol=1e-6)
+    vs = [rng.standard_normal(o.shape) for o in outs]
+    sum(((o * v).sum() for o, v in zip(outs, vs)), nb.tensor(0.0, dtype=np.float64)).backward()
+    sum((o * torch.tensor(v)).sum() for o, v in zip(touts, vs)).backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), atol=1e-6, rtol=1e-6)
+    for a, b in zip(s, ts):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), atol=1e-6, rtol=1e-6)
+    for n, p in theirs.named_parameters():
+        np.testing.assert_allclose(getattr(ours, n).grad.numpy(), p.grad.numpy(), atol=1e-6, rtol=1e-6, err_msg=n)
+
+
+def test_lstm_proj_size_gradcheck_and_errors():
+    nb.manual_seed(0)
+    m = LSTM(I, H, proj_size=2, bidirectional=True, dtype=np.float64)
+    assert "proj_size=2" in repr(m) and tuple(m.weight_hr_l0_reverse.shape) == (2, H)
+    xs = np.random.default_rng(0).standard_normal((T, B, I))
+    assert nb.gradcheck(lambda x: m(x, lengths=np.array([5, 2, 4]))[0], xs)
+    with pytest.raises(ValueError, match=r"proj_size \(4\) must be smaller than hidden_size \(4\)"):
+        LSTM(I, H, proj_size=4)
+    with pytest.raises(ValueError, match=r"proj_size is only defined for LSTM"):
+        from neuralbook.rnn import RNNBase
+        RNNBase("GRU", I, H, proj_size=2)
+    with pytest.raises(ValueError, match=r"h0 has shape \(1, 3, 4\), expected .* = \(1, 3, 2\)"):
+        LSTM(I, H, proj_size=2)(nb.tensor(np.zeros((T, B, I), np.float32)),
+                                (np.zeros((1, B, H), np.float32), np.zeros((1, B, H), np.float32)))
