@@ -7,7 +7,8 @@ import pytest
 import neuralbook as nb
 from neuralbook.nn import Linear, ReLU, Sequential
 from neuralbook.regularization import (L1, L1L2, L2, Compose, Dropout, DropoutFunction, EarlyStopper, GaussianNoise,
-                                       RandomFlip, RandomShift, dropout, l1_penalty, l2_penalty, sum_of_squares)
+                                       Normalize, RandomCrop, RandomFlip, RandomHorizontalFlip, RandomShift, dropout,
+                                       l1_penalty, l2_penalty, sum_of_squares)
 
 
 def _net(seed=0, dtype=np.float64):
@@ -436,3 +437,106 @@ def test_early_stopper_with_no_improvement_keeps_weights():
     assert not stopper.step(float("nan"), model)
     assert stopper.step(float("nan"), model)  # stops without raising, weights untouched
     np.testing.assert_array_equal(model.weight.numpy(), before)
+
+
+# ---------------------------------------------------------------- the CNN recipe: crop, horizontal flip, normalise
+def _crop_reference(x, size, p, oy, ox):
+    "Loop reference: pad by p with zeros, cut the (h, w) window at (oy[k], ox[k]) for sample k."
+    h, w = size
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(p, p), (p, p)])
+    return np.stack([padded[k, ..., oy[k]:oy[k] + h, ox[k]:ox[k] + w] for k in range(len(x))])
+
+
+@pytest.mark.parametrize("size,p", [(5, 0), ((4, 6), 1), ((5, 7), 2), ((3, 9), 1)])
+def test_random_crop_matches_loop_reference(size, p):
+    x = _images()
+    y = RandomCrop(size, padding=p, generator=nb.Generator(7))(x)
+    h, w = (size, size) if isinstance(size, int) else size
+    g = nb.Generator(7).np
+    oy, ox = g.integers(0, 5 + 2 * p - h + 1, size=len(x)), g.integers(0, 7 + 2 * p - w + 1, size=len(x))
+    np.testing.assert_array_equal(y, _crop_reference(x, (h, w), p, oy, ox))
+    assert y.shape == (6, 2, h, w) and y.dtype == x.dtype
+
+
+def test_random_crop_hand_case_and_properties():
+    x = np.arange(9, dtype=np.float32).reshape(1, 3, 3)              # (N, H, W) input
+    crops = {tuple(RandomCrop(3, padding=1, generator=nb.Generator(s))(x)[0].ravel()) for s in range(60)}
+    assert len(crops) == 9                                          # all 3 x 3 offsets occur
+    assert (0, 0, 0, 0, 0, 1, 0, 3, 4) in crops and (4, 5, 0, 7, 8, 0, 0, 0, 0) in crops
+    assert RandomCrop(3)(x) is x                                     # full size, no padding: nothing to do
+    filled = RandomCrop((5, 5), padding=1, fill=-1.0)(x)             # the whole padded image
+    assert filled[0, 0, 0] == -1 and filled[0, 1, 1] == 0 and filled[0, 3, 3] == 8
+    many = np.random.default_rng(0).random((300, 1, 6, 6)).astype(np.float32)
+    out = RandomCrop(6, padding=2, generator=nb.Generator(1))(many)
+    same = [np.array_equal(a, b) for a, b in zip(out, many)]
+    assert 0 < sum(same) < 300 / 10                                  # 1 in 25 positions keeps the image
+    t = RandomCrop(2, generator=nb.Generator(0))(nb.tensor(x))
+    assert isinstance(t, nb.Tensor) and t.shape == (1, 2, 2) and not t.requires_grad
+
+
+def test_random_horizontal_flip_and_seeds():
+    x = _images(n=200)
+    y = RandomHorizontalFlip(generator=nb.Generator(0))(x)
+    np.testing.assert_array_equal(y, RandomFlip(p=0.5, generator=nb.Generator(0))(x))
+    np.testing.assert_array_equal(y, RandomHorizontalFlip(generator=nb.Generator(0))(x))
+    flipped = np.array([np.array_equal(a, b[..., ::-1]) for a, b in zip(y, x)])
+    assert 60 < flipped.sum() < 140
+    np.testing.assert_array_equal(RandomHorizontalFlip(1.0)(np.array([[[1, 2, 3]]])), [[[3, 2, 1]]])
+    assert RandomHorizontalFlip(0.0)(x) is x
+    assert repr(RandomHorizontalFlip(0.3)) == "RandomHorizontalFlip(p=0.3)"
+    nb.manual_seed(5); a = Compose([RandomCrop(4, padding=1), RandomHorizontalFlip()])(x)
+    nb.manual_seed(5); b = Compose([RandomCrop(4, padding=1), RandomHorizontalFlip()])(x)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_normalize():
+    x = _images(n=50, c=3)
+    mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+    y = Normalize(mean, std)(x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(0, 2, 3)), 1, atol=1e-5)
+    np.testing.assert_array_equal(Normalize(0.5, 2.0)(np.array([1.5, 0.5])), [0.5, 0.0])
+    np.testing.assert_allclose(Normalize([1, 2], [1, 4])(np.ones((1, 2, 1, 1))).ravel(), [0, -0.25])
+    with pytest.raises(ValueError, match=r"Normalize: 3 channel values need images \(N, 3, H, W\), got shape \(2, 1, 4, 4\)"):
+        Normalize([0, 0, 0], [1, 1, 1])(np.zeros((2, 1, 4, 4)))
+    with pytest.raises(ValueError, match="Normalize: mean must be finite and std finite and > 0"):
+        Normalize(0, 0)
+    with pytest.raises(ValueError, match="Normalize: mean and std must be numbers or 1-D sequences of one length"):
+        Normalize([0, 0], [1, 1, 1])
+    with pytest.raises(TypeError, match="Normalize: needs a floating-point input, got uint8"):
+        Normalize(0, 1)(np.zeros((1, 1, 2, 2), np.uint8))
+
+
+def test_random_crop_bad_input():
+    with pytest.raises(ValueError, match=r"RandomCrop: a 8×8 crop does not fit images of 5×7 padded by 1 \(7×9\)"):
+        RandomCrop(8, padding=1)(_images())
+    with pytest.raises(ValueError, match="RandomCrop: size must be a positive int or a pair"):
+        RandomCrop((3, 0))
+    with pytest.raises(ValueError, match="RandomCrop: padding must be an integer >= 0"):
+        RandomCrop(3, padding=-2)
+    with pytest.raises(ValueError, match=r"RandomCrop: expected a batch of images"):
+        RandomCrop(3)(np.zeros((4, 64)))
+
+
+def test_crop_flip_vectorised():
+    x = np.random.default_rng(0).random((1000, 1, 28, 28)).astype(np.float32)
+    aug = Compose([RandomCrop(28, padding=4), RandomHorizontalFlip(), Normalize(0.3, 0.35)])
+    aug(x)
+    t0 = time.perf_counter()
+    for _ in range(3): aug(x)
+    assert (time.perf_counter() - t0) / 3 < 0.25   # a few ms here; a loop over samples takes far longer
+
+
+def test_crop_flip_normalize_same_on_gpu(cp):
+    "Same seed, same crops and flips on the GPU (real or emulated) as on the CPU: the offsets come from the host."
+    x = _images()
+    make = lambda: Compose([RandomCrop((4, 6), padding=2, generator=nb.Generator(1)),
+                            RandomHorizontalFlip(generator=nb.Generator(2)), Normalize([0.5, 0.4], [0.2, 0.3])])
+    y = make()(x)
+    yg = make()(cp.asarray(x))
+    assert isinstance(yg, cp.ndarray) and yg.shape == y.shape
+    np.testing.assert_allclose(cp.asnumpy(yg), y, rtol=1e-6)
+    t = make()(nb.tensor(x, device="cuda"))
+    assert t.device == "cuda:0"
+    np.testing.assert_allclose(t.numpy(), y, rtol=1e-6)
