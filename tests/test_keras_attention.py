@@ -9,7 +9,7 @@ import pytest
 import neuralbook as nb
 from neuralbook import keras as nk
 from neuralbook.backend import default_generator
-from neuralbook.keras.layers.attention import LayerNormalization, MultiHeadAttention
+from neuralbook.keras.layers.attention import Attention, LayerNormalization, MultiHeadAttention
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -181,3 +181,39 @@ def test_bad_input():
         m(Q)
     with pytest.raises(ValueError, match=r"LayerNormalization '.*': axis=1 must name the last axes of the input"):
         LayerNormalization(axis=1)(Q)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(use_scale=True), dict(score_mode="concat"),
+                                dict(score_mode="concat", use_scale=True)])
+@pytest.mark.parametrize("ckw", [{}, dict(use_causal_mask=True), dict(return_attention_scores=True)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_layer_against_keras(kw, ckw, masked):
+    keras = _keras()
+    import torch
+    q, v, k = Q, rng.standard_normal((B, T, 4)).astype(np.float32), rng.standard_normal((B, T, D)).astype(np.float32)
+    kl, ol = keras.layers.Attention(**kw), Attention(**kw)
+    kl([q, v, k]); ol([q, v, k])
+    w = [np.array(1.7, np.float32) if i == 0 else np.array(0.6, np.float32) for i, _ in enumerate(kl.get_weights())]
+    kl.set_weights(w); ol.set_weights(w)
+    qm = np.ones((B, T), bool); qm[0, 3:] = False
+    vm = np.ones((B, T), bool); vm[1, :2] = False
+    km = [torch.tensor(qm), torch.tensor(vm)] if masked else None
+    ko, oo = _list(kl([q, v, k], mask=km, **ckw)), _list(ol([q, v, k], mask=[qm, vm] if masked else None, **ckw))
+    assert len(ko) == len(oo)
+    for a, b in zip(ko, oo):
+        np.testing.assert_allclose(b.numpy(), a.detach().numpy(), atol=1e-5)
+
+
+def test_attention_layer_gradcheck_and_errors():
+    a = Attention(use_scale=True, score_mode="concat", dtype="float64")
+    q, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 4))
+    a([nb.tensor(q), nb.tensor(v)])
+    vm = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    assert nb.gradcheck(lambda x, y: a([x, y], mask=[None, vm]), q, v)
+    with pytest.raises(TypeError, match=r"call it on a list \[query, value\]"):
+        a(nb.tensor(q))
+    with pytest.raises(ValueError, match=r"expected query \(batch, Tq, dim\), value .* got \(2, 3, 4\), \(2, 5, 4\), "
+                                         r"\(2, 5, 3\)"):
+        a([q, v, v[..., :3]])
+    with pytest.raises(ValueError, match=r"score_mode must be 'dot' or 'concat'"):
+        Attention(score_mode="general")
