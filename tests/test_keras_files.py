@@ -199,7 +199,7 @@ BAD = [
     ("config missing fields", _config_missing_fields, ValueError, r"mf\.keras: member 'config\.json': the architecture "
                                                                   r"is not valid \(KeyError"),
     ("unknown layer class", _unknown_layer, ValueError, r"u\.keras: member 'config\.json': the architecture cannot be "
-                                                        r"built: load_model: unknown layer class 'Evil'"),
+                                                        r"built: the file names the class 'Evil', which is not known here"),
     ("weights do not fit the model", _weights_do_not_fit, ValueError, r"load_model: .*n\.keras: the weights do not fit "
                                                                       r"model .*nothing was loaded"),
     ("zip bomb (declares 2 GiB)", _zip_bomb_declared, ValueError, r"load_model: .*bomb\.keras: member "

@@ -4,21 +4,25 @@
 
 # %% auto #0
 __all__ = ['Input', 'InputLayer', 'KerasTensor', 'Layer', 'Node', 'Activation', 'Dense', 'Dropout', 'Embedding', 'ReLU',
-           'Softmax', 'Add', 'Average', 'Concatenate', 'Multiply', 'Subtract', 'Flatten', 'Reshape', 'Conv2D',
+           'Softmax', 'Identity', 'Lambda', 'LeakyReLU', 'Permute', 'RepeatVector', 'UpSampling2D', 'Normalization',
+           'Rescaling', 'Add', 'Average', 'Concatenate', 'Multiply', 'Subtract', 'Flatten', 'Reshape', 'Conv2D',
            'AveragePooling2D', 'AvgPool2D', 'GlobalAveragePooling2D', 'GlobalAvgPool2D', 'MaxPool2D', 'MaxPooling2D',
            'BatchNormalization']
 
-# %% ../../../nbs/10a_keras_9_layers.ipynb #c4804907
+# %% ../../../nbs/10a_keras_9_layers.ipynb #a2f29683
 from .layer import Input, InputLayer, KerasTensor, Layer, Node
-from .core import Activation, Dense, Dropout, Embedding, ReLU, Softmax
+from .core import (Activation, Dense, Dropout, Embedding, Identity, Lambda, LeakyReLU, ReLU,
+                                          Softmax)
 from .merging import Add, Average, Concatenate, Multiply, Subtract
-from .reshaping import Flatten, Reshape
+from .reshaping import Flatten, Permute, RepeatVector, Reshape, UpSampling2D
+from .preprocessing import Normalization, Rescaling
 from .convolutional import Conv2D
 from .pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D,
                                              MaxPool2D, MaxPooling2D)
 from .normalization import BatchNormalization
 
 _all_ = ["Input", "InputLayer", "KerasTensor", "Layer", "Node", "Activation", "Dense", "Dropout", "Embedding", "ReLU",
-         "Softmax", "Add", "Average", "Concatenate", "Multiply", "Subtract", "Flatten", "Reshape", "Conv2D",
+         "Softmax", "Identity", "Lambda", "LeakyReLU", "Permute", "RepeatVector", "UpSampling2D", "Normalization",
+         "Rescaling", "Add", "Average", "Concatenate", "Multiply", "Subtract", "Flatten", "Reshape", "Conv2D",
          "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D", "MaxPool2D", "MaxPooling2D",
          "BatchNormalization"]
