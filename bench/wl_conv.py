@@ -88,10 +88,12 @@ MEMORY = {"conv_wide_b128", "conv_resblock_b64"}
 
 # ---------------------------------------------------------------- `python bench/wl_conv.py`: the chapter's table
 def _variants():
-    "'im2col' (chapter 11 alone: conv.FAST emptied) and 'winograd' (chapter 11a.2's FastConv2dFn registered)."
+    """'im2col' (chapter 11 alone: conv.FAST emptied) and 'winograd' (chapter 11a.2's FastConv2dFn, forced on). The
+    library's default, WINOGRAD = "auto", is the 'winograd' row at 1 BLAS thread and the 'im2col' row at more."""
     from neuralbook import conv, conv_fast
-    return {"im2col": lambda: conv.FAST.pop("conv2d", None),
-            "winograd": lambda: conv.FAST.__setitem__("conv2d", conv_fast.FastConv2dFn)}
+    def winograd():
+        conv.FAST["conv2d"], conv_fast.WINOGRAD = conv_fast.FastConv2dFn, True   # forced, at any thread count
+    return {"im2col": lambda: conv.FAST.pop("conv2d", None), "winograd": winograd}
 
 
 def _instrument():

@@ -548,6 +548,26 @@ def test_1d_bad_input_messages():
 from neuralbook import conv_fast
 
 
+@pytest.fixture(autouse=True)
+def winograd_on(request, monkeypatch):
+    "The Winograd tests take that path whatever the number of BLAS threads (its 'auto' mode wants one)."
+    if "winograd" in request.node.name: monkeypatch.setattr(conv_fast, "WINOGRAD", True)
+
+
+def test_winograd_auto_only_on_one_blas_thread(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(conv_fast, "WINOGRAD", "auto")
+    x, w = np.zeros((1, 16, 4, 4)), np.zeros((16, 16, 3, 3))
+    assert conv_fast._BLAS_THREADS is not None
+    with threadpoolctl.threadpool_limits(1):
+        assert conv_fast._winograd_applies(x, w, (1, 1), (1, 1), 1)
+    with threadpoolctl.threadpool_limits(2):
+        assert conv_fast._BLAS_THREADS() == 2 and not conv_fast._winograd_applies(x, w, (1, 1), (1, 1), 1)
+    monkeypatch.setattr(conv_fast, "WINOGRAD", False)
+    with threadpoolctl.threadpool_limits(1):
+        assert not conv_fast._winograd_applies(x, w, (1, 1), (1, 1), 1)
+
+
 def wino_case(seed):
     rng = np.random.default_rng(7000 + seed)
     C, K = int(rng.choice([16, 17, 24])), int(rng.choice([16, 20]))
