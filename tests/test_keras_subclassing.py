@@ -235,3 +235,45 @@ def test_unsaveable_config_is_refused(tmp_path):
     m = keras.Sequential([keras.Input(shape=(2,)), Holder()])
     with pytest.raises(ValueError, match="get_config\\(\\) holds a value that is not plain JSON"):
         m.save(tmp_path / "h.keras")
+
+
+def test_custom_steps_and_masks_on_the_emulated_gpu():
+    "A custom train_step (GradientTape, optimizer.apply, metrics) and a masked model on chapter 12b's emulated GPU."
+    from neuralbook import cuda_emu
+    if cuda_emu.compiler() is None: pytest.skip("no C++ compiler for the emulated GPU")
+
+    class Step(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = layers.Dense(1)
+        def call(self, x): return self.d(x)
+        def train_step(self, data):
+            x, y = data
+            with keras.GradientTape() as tape:
+                pred = self(x, training=True)
+                loss = self.compute_loss(y=y, y_pred=pred)
+            self.optimizer.apply(tape.gradient(loss, self.trainable_weights), self.trainable_weights)
+            for m in self.metrics:
+                m.update_state(loss) if m.name == "loss" else m.update_state(y, pred)
+            return {m.name: m.result() for m in self.metrics}
+
+    class Reader(layers.Layer):
+        supports_masking = True
+        def call(self, x, mask=None):
+            self.seen = mask
+            return x
+
+    x, y = _reg_data(8)
+    with cuda_emu.emulated_gpu(max_blocks=3):
+        keras.utils.set_random_seed(0)
+        m = Step()
+        m.compile(optimizer="sgd", loss="mse", metrics=["mae"], device="cuda")
+        h = m.fit(x, y, epochs=2, batch_size=4, verbose=0).history
+        assert sorted(h) == ["loss", "mae"] and all(np.isfinite(h["loss"]))
+        assert m.predict(x, verbose=0).shape == (8, 1)
+        ids = np.array([[1, 2, 0], [3, 0, 0]])
+        seq = keras.Sequential([keras.Input(shape=(3,), dtype="int64"), layers.Embedding(4, 2, mask_zero=True),
+                                layers.Dense(2), Reader(name="r")])
+        seq.compile(optimizer="sgd", loss="mse", device="cuda")
+        seq.predict(ids, verbose=0)
+        np.testing.assert_array_equal(seq.get_layer("r").seen.numpy(), ids != 0)
