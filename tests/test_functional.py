@@ -188,7 +188,8 @@ OPS = {
     "silu": (unary(), F.silu, tF.silu if torch else None, True),
     "selu": (unary(), F.selu, tF.selu if torch else None, True),
     "softplus": (unary(), F.softplus, tF.softplus if torch else None, True),
-    "softplus_beta": (unary(), lambda a: F.softplus(a, beta=2.0), lambda a: tF.softplus(a, beta=2.0), True),
+    # (through nn.Softplus, which holds chapter 02's softplus even while chapter 99 rebinds F.softplus to losses')
+    "softplus_beta": (unary(), lambda a: nb.nn.Softplus(beta=2.0)(a), lambda a: tF.softplus(a, beta=2.0), True),
     "mish": (unary(), F.mish, tF.mish if torch else None, True),
     "softmax": (softmax_in(), F.softmax, lambda a, axis: torch.softmax(a, dim=axis), True),
     "log_softmax": (softmax_in(), F.log_softmax, lambda a, axis: torch.log_softmax(a, dim=axis), True),
