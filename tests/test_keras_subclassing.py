@@ -277,3 +277,23 @@ def test_custom_steps_and_masks_on_the_emulated_gpu():
         seq.compile(optimizer="sgd", loss="mse", device="cuda")
         seq.predict(ids, verbose=0)
         np.testing.assert_array_equal(seq.get_layer("r").seen.numpy(), ids != 0)
+
+
+def test_custom_train_step_with_a_dataloader_and_super_train_step():
+    from neuralbook.data import DataLoader, TensorDataset
+    class Counting(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d, self.calls = layers.Dense(1), 0
+        def call(self, x): return self.d(x)
+        def train_step(self, data):
+            self.calls += 1
+            return super().train_step(data)
+    nb.manual_seed(0)
+    x, y = _reg_data(64)
+    m = Counting()
+    m.compile("sgd", "mse", metrics=["mae"])
+    h = m.fit(DataLoader(TensorDataset(x, y), batch_size=16), epochs=2, verbose=0,
+              validation_data=DataLoader(TensorDataset(x, y), batch_size=32)).history
+    assert m.calls == 8 and sorted(h) == ["loss", "mae", "val_loss", "val_mae"]
+    assert h["loss"][1] < h["loss"][0]
