@@ -119,6 +119,8 @@ def _instrument():
     timed(conv, "maxpool2d_fwd", "max-pool"); timed(conv, "maxpool2d_bwd", "max-pool")
     timed(functional.ReLU, "forward", "ReLU"); timed(functional.ReLU, "backward", "ReLU")
     timed(optim.Adam, "step", "Adam")
+    from neuralbook import norm
+    timed(norm.NormalizeFn, "forward", "BatchNorm (chapter 11b)"); timed(norm.NormalizeFn, "backward", "BatchNorm (chapter 11b)")
     return acc
 
 
@@ -132,13 +134,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--profile-only", action="store_true", help="keep the stored table, redo the profile")
     args = ap.parse_args()
     spec = __import__("importlib.util").util.spec_from_file_location("bench_run", Path(__file__).parent / "run.py")
     run = __import__("importlib.util").util.module_from_spec(spec); spec.loader.exec_module(run)
     variants = _variants()
     res = {"machine": run.platform.platform(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
            "rounds": args.rounds, "rows": [], "profile": {}}
-    for name, make in WORKLOADS.items():
+    if args.profile_only:
+        res.update({k: v for k, v in json.loads((Path(args.out) / "conv_speed.json").read_text()).items()
+                    if k in ("rows", "rounds", "loadavg_start", "gemm_1024_gflops_1thread")})
+    for name, make in WORKLOADS.items() if not args.profile_only else ():
         for nt in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(nt)
             with threadpool_limits(nt):
