@@ -111,3 +111,21 @@ def test_checkpoint_resume_equals_uninterrupted_run(nbtorch, digits, tmp_path, l
     resumed = resume_program(torch, *digits, tmp_path / "ck.pth", 2)
     for a, b in zip(straight, resumed):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_refusal_message_for_a_pth_file_works_as_advertised(nbtorch, tmp_path):
+    "torch.save → nb.load refuses and says: torch.load(..., weights_only=True) in PyTorch, then load_torch_weights."
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    torch.save(theirs.state_dict(), tmp_path / "model.pth")
+    with pytest.raises(ValueError, match=r"model.pth is a zip archive.*torch.load\(path, weights_only=True\).*"
+                                         r"neuralbook.finetune.load_torch_weights\(model, sd\)"):
+        nbtorch.load(tmp_path / "model.pth")
+    from neuralbook.finetune import load_torch_weights
+    ours = nbtorch.nn.Sequential(nbtorch.nn.Linear(4, 8), nbtorch.nn.ReLU(), nbtorch.nn.Linear(8, 3))
+    sd = torch.load(tmp_path / "model.pth", weights_only=True)          # the step done in PyTorch
+    assert load_torch_weights(ours, sd) == ([], [])
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours(nbtorch.tensor(x)).numpy(), theirs(torch.tensor(x)).numpy(), atol=1e-6)
