@@ -241,3 +241,25 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"TimeDistributed '.*': expected an input \(batch, time steps, \.\.\.\) of "
                                          r"rank >= 3, got shape \((None|3), 5\)"):
         R.TimeDistributed(nk.layers.Dense(2))(X[:, 0])
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_layers_on_cuda_match_cpu(cp, name):
+    "The Keras layers on the GPU (real, or chapter 12b's emulated one): same outputs and gradients as on the CPU."
+    from neuralbook.keras.layers.attention import MultiHeadAttention
+    res = {}
+    for device in ("cpu", "cuda"):
+        nb.manual_seed(0)
+        nk.backend.clear_session()
+        bi = R.Bidirectional(getattr(R, name)(H, return_sequences=True))
+        mha = MultiHeadAttention(2, 3)
+        h = bi(X)
+        mha(h, h)
+        bi.to(device); mha.to(device)
+        x = nb.tensor(X, requires_grad=True, device=device)
+        y = mha(bi(x, mask=MASK), bi(x, mask=MASK), attention_mask=MASK[:, None, :] & MASK[:, :, None])
+        assert y.device == x.device
+        (y * y).sum().backward()
+        res[device] = [y.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in bi.weights + mha.weights]
+    for a, b in zip(res["cpu"], res["cuda"]):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
