@@ -112,3 +112,27 @@ def test_metric_objects_in_compile():
 def test_auc_bad_arguments():
     with pytest.raises(ValueError, match="AUC: curve must be 'ROC' or 'PR'"):
         M.AUC(curve="XYZ")
+
+
+def test_custom_metric_with_variables_in_compile():
+    class CountPositives(M.Metric):
+        def __init__(self, name="count_positives", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.count.assign_add((np.asarray(y_pred) > 0.5).sum())
+        def result(self): return self.count
+    m = CountPositives()
+    m.update_state(None, np.array([[0.9], [0.2], [0.7]]))
+    assert float(m.result()) == 2.0
+    m.reset_state()
+    assert float(m.result()) == 0.0
+    import neuralbook as nb
+    nb.manual_seed(0)
+    yt, yp, _ = _data(5, 64)
+    model = keras.Sequential([keras.Input(shape=(1,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=[CountPositives()])
+    h = model.fit(yp, yt, epochs=1, batch_size=16, verbose=0).history
+    assert isinstance(h["count_positives"][0], float)
+    ev = model.evaluate(yp, yt, verbose=0, return_dict=True)
+    assert ev["count_positives"] == float((model.predict(yp, verbose=0) > 0.5).sum())
