@@ -71,12 +71,17 @@ TABLE = {
     "swish": ((A,), {}, D), "elu": ((A,), {"alpha": 0.5}, D), "selu": ((A,), {}, D), "softplus": ((A,), {}, D),
     "softsign": ((A,), {}, D), "leaky_relu": ((A,), {}, D), "hard_sigmoid": ((A * 4,), {}, D),
     "log_sigmoid": ((A,), {}, D), "full_like": ((A, 2.0), {}, None),
+    "pad": ((A, ((0, 1), (2, 0))), {}, D), "pad_value": ((T3, ((1, 1), (0, 0), (0, 2))), {"constant_values": 2.0}, D),
+    "tril": ((SQ,), {}, D), "triu": ((T3,), {"k": 1}, D), "flip": ((A,), {"axis": 1}, D), "flip_all": ((A,), {}, D),
+    "slice": ((T3, (0, 1, 1), (2, 2, 3)), {}, D), "broadcast_to": ((ROW, (2, 3)), {}, D),
+    "floor_divide": ((A * 5, 2.0), {}, None), "mod": ((IDS * 7, 4), {}, None),
 }
 ALIAS = {"add_scalar": "add", "matmul_batch": "matmul", "matmul_vec": "matmul",
          "einsum_batch": "einsum", "einsum_sum": "einsum", "tensordot_int": "tensordot", "sum_all": "sum",
          "norm_axis": "norm", "transpose_default": "transpose", "split_indices": "split", "repeat_flat": "repeat",
          "where_scalar": "where", "where_indices": "where", "take_flat": "take", "cumsum_flat": "cumsum",
-         "cast_int": "cast", "arange_float": "arange", "gelu_exact": "gelu"}
+         "cast_int": "cast", "arange_float": "arange", "gelu_exact": "gelu", "pad_value": "pad",
+         "flip_all": "flip"}
 NN = ["relu", "relu6", "sigmoid", "silu", "swish", "selu", "softplus", "softsign", "elu", "leaky_relu", "gelu",
       "hard_sigmoid", "log_sigmoid", "softmax", "log_softmax", "one_hot"]
 
@@ -186,6 +191,8 @@ def test_nn_losses_match_keras(fn, args, kw):
     (lambda: ops.sqrt("abc"), TypeError, r"ops.sqrt: tensor: data must be numbers"),
     (lambda: ops.matmul(np.ones((2, 2), bool), np.array([["a", "b"], ["c", "d"]])), TypeError, r"ops.matmul"),
     (lambda: ops.norm(A, ord=3), ValueError, r"ops.norm: ord=3 is not supported"),
+    (lambda: ops.pad(A, ((1, 1),)), ValueError, r"ops.pad: pad_width has 1 entries for a tensor of shape \(2, 3\)"),
+    (lambda: ops.pad(A, ((1, 1), (0, 0)), mode="reflect"), ValueError, r"ops.pad: only mode='constant'"),
 ])
 def test_bad_input_names_op_shapes_and_fix(call, exc, match):
     with pytest.raises(exc, match=match):
