@@ -159,3 +159,11 @@ def test_package_names_when_wired():
     from neuralbook.utils.data import DataLoader, Dataset  # noqa: F401  (PyTorch's import path)
     assert nb.save is nb.io.save and nb.load is nb.io.load
     assert nb.randn(2).shape == (2,) and nb.zeros(1).tolist() == [0.0] and nb.arange(2).tolist() == [0, 1]
+
+
+def test_size_survives_copy_and_pickle():
+    import copy
+    import pickle
+    s = nb.tensor(np.zeros((2, 3))).size
+    for c in (copy.deepcopy(s), pickle.loads(pickle.dumps(s)), copy.copy(s)):
+        assert c == 6 and c() == (2, 3)
