@@ -20,6 +20,7 @@ except ImportError:
 def _pair(build_ours, build_torch, x, y):
     "A (ours, theirs) pair of training steps with Adam on the same batch (as bench/run.py's `_train_step_pair`)."
     import neuralbook as nb
+    import neuralbook.conv_fast  # noqa: F401  registers chapter 11a.2's conv2d path (until the package imports it)
     from neuralbook import losses, optim
     model = build_ours()
     opt = optim.Adam(model.parameters(), lr=1e-3)
