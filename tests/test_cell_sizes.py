@@ -12,10 +12,7 @@ MAX_CELL, MAX_MODULE = 100, 600
 # to split: issue 12 — (notebook, lines of its largest exported cell) and modules, as measured when this test came
 KNOWN_LARGE_CELLS = {"01_autograd.ipynb": 142, "03_nn.ipynb": 203, "05_optim.ipynb": 195,
                      "12_cuda.ipynb": 215, "12b_cuda_emu.ipynb": 204, "12c_amp.ipynb": 118}
-# finetune.py and learner.py grew with the checked file format (issue 21) and the Learner split into mixins; both are
-# still to split into modules of one idea (io is out already): issue 12
-KNOWN_LARGE_MODULES = {"autograd.py": 710, "conv.py": 612, "cuda.py": 946, "finetune.py": 960, "functional.py": 632,
-                       "learner.py": 778}
+KNOWN_LARGE_MODULES = {"autograd.py": 710, "conv.py": 612, "cuda.py": 946, "functional.py": 632}
 
 
 def _exported_cells(path):
