@@ -869,3 +869,20 @@ def test_one_mlp_builder_for_keras_and_core():
     conv = ft.keras_mlp_to_neuralbook(km)
     assert conv.arch == {"name": "mlp", "config": {"in_features": 6, "hidden": [16, 8], "num_classes": 3,
                                                    "dropout": 0.1}}
+
+
+def test_transfer_results_of_chapter_13d():
+    "bench/results/transfer.json (13d's slow sweep): its shape, and the claims the chapter prints from it."
+    from pathlib import Path
+    run = json.loads((Path(__file__).parents[1] / "bench" / "results" / "transfer.json").read_text())
+    assert run["n_pretrain"] == 30000 and run["n_test"] == 5000
+    for key in ("accuracy", "accuracy_50_steps"):
+        assert set(run[key]) == {"scratch", "fine-tune", "frozen", "lora"}
+        for by_k in run[key].values():
+            assert [int(k) for k in by_k] == [5, 10, 20, 50, 100, 200, 500]
+            assert all(len(v) == 3 and all(0.2 < x <= 1 for x in v) for v in by_k.values())
+    a = {m: {int(k): np.array(v) for k, v in by_k.items()} for m, by_k in run["accuracy"].items()}
+    wins = {k: int((a["fine-tune"][k] > a["scratch"][k]).sum()) for k in a["scratch"]}
+    assert wins == {5: 2, 10: 1, 20: 2, 50: 3, 100: 3, 200: 2, 500: 3}
+    assert all(a["fine-tune"][k].mean() > a["scratch"][k].mean() for k in a["scratch"] if k != 10)
+    assert all(a["scratch"][k].mean() - a["frozen"][k].mean() > 0.1 for k in a["scratch"])
