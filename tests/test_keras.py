@@ -523,15 +523,15 @@ def test_batch_begin_callbacks_are_called():
 
 
 def test_fit_batches_are_the_dataloaders(monkeypatch):
-    "fit's loader yields the DataLoader's batches (same permutations of the generator), views when unshuffled."
+    "fit's loader yields the DataLoader's batches (same permutations of the generator); batches are copies."
     from neuralbook.data import DataLoader, TensorDataset
     from neuralbook.keras.trainers.data_adapter import _Batches
-    import neuralbook.keras.trainers.data_adapter as K
+    import neuralbook.data as D
     X = np.arange(46 * 3, dtype=np.float32).reshape(46, 3)
     y = np.arange(46)
     for shuffle in (False, True):
         for small in (True, False):
-            monkeypatch.setattr(K, "_GATHER_EPOCH_BYTES", 1 << 20 if small else 0)   # whole-epoch or per-batch gather
+            monkeypatch.setattr(D, "_GATHER_EPOCH_BYTES", 1 << 20 if small else 0)   # whole-epoch or per-batch gather
             nb.manual_seed(3)
             ours = [[t.numpy() for t in b] for _ in range(2) for b in _Batches([X, y], 10, shuffle, "fit")]
             nb.manual_seed(3)
@@ -540,7 +540,7 @@ def test_fit_batches_are_the_dataloaders(monkeypatch):
             assert len(ours) == len(ref) == 10
             assert all(np.array_equal(a, b) for o, r in zip(ours, ref) for a, b in zip(o, r))
     first = next(iter(_Batches([X, y], 10, False, "fit")))
-    assert np.shares_memory(first[0].data, X)                 # a view, not a copy
+    assert not np.shares_memory(first[0].data, X)             # a copy (chapter 08): training cannot alias the data
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         _Batches([X, y], 0, False, "fit")
     m = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])

@@ -4,20 +4,20 @@
 
 # %% auto #0
 __all__ = ['GradientTape', 'activations', 'backend', 'callbacks', 'config', 'initializers', 'mixed_precision', 'layers', 'losses',
-           'metrics', 'models', 'optimizers', 'regularizers', 'saving', 'trainers', 'utils', 'POLICY_RUNTIME', 'Policy',
-           'clear_session', 'floatx', 'get_device', 'global_policy', 'set_device', 'set_global_policy', 'Input',
-           'InputLayer', 'KerasTensor', 'Layer', 'Model', 'Sequential']
+           'metrics', 'models', 'ops', 'optimizers', 'regularizers', 'saving', 'trainers', 'utils', 'POLICY_RUNTIME',
+           'Policy', 'clear_session', 'floatx', 'get_device', 'global_policy', 'set_device', 'set_global_policy',
+           'Input', 'InputLayer', 'KerasTensor', 'Layer', 'Model', 'Sequential']
 
-# %% ../../nbs/10d_keras_7_keras.ipynb #6b5420b2
+# %% ../../nbs/10d_keras_7_keras.ipynb #a15d4a80
 from . import (activations, backend, callbacks, config, initializers, layers, losses, metrics,
-                              mixed_precision, models, optimizers, regularizers, saving, trainers, utils)
+                              mixed_precision, models, ops, optimizers, regularizers, saving, trainers, utils)
 from .backend import (POLICY_RUNTIME, Policy, clear_session, floatx, get_device, global_policy,
                                       set_device, set_global_policy)
 from .layers import Input, InputLayer, KerasTensor, Layer
 from .models import Model, Sequential
 from .trainers import GradientTape
 
-_all_ = ["GradientTape", "activations", "backend", "callbacks", "config", "initializers", "mixed_precision", "layers", "losses", "metrics", "models", "optimizers",
+_all_ = ["GradientTape", "activations", "backend", "callbacks", "config", "initializers", "mixed_precision", "layers", "losses", "metrics", "models", "ops", "optimizers",
          "regularizers", "saving", "trainers", "utils", "POLICY_RUNTIME", "Policy", "clear_session", "floatx",
          "get_device", "global_policy", "set_device", "set_global_policy", "Input", "InputLayer", "KerasTensor",
          "Layer", "Model", "Sequential"]

@@ -7,22 +7,30 @@ __all__ = ['Input', 'InputLayer', 'KerasTensor', 'Layer', 'Node', 'Activation', 
            'Softmax', 'Identity', 'Lambda', 'LeakyReLU', 'Permute', 'RepeatVector', 'UpSampling2D', 'Normalization',
            'Rescaling', 'Add', 'Average', 'Concatenate', 'Multiply', 'Subtract', 'Flatten', 'Reshape', 'Conv2D',
            'AveragePooling2D', 'AvgPool2D', 'GlobalAveragePooling2D', 'GlobalAvgPool2D', 'MaxPool2D', 'MaxPooling2D',
-           'BatchNormalization']
+           'BatchNormalization', 'Conv1D', 'AveragePooling1D', 'AvgPool1D', 'GlobalAveragePooling1D', 'GlobalAvgPool1D',
+           'GlobalMaxPool1D', 'GlobalMaxPooling1D', 'MaxPool1D', 'MaxPooling1D', 'GRU', 'LSTM', 'Bidirectional',
+           'SimpleRNN', 'TimeDistributed', 'Attention', 'LayerNormalization', 'MultiHeadAttention']
 
-# %% ../../../nbs/10a_keras_9_layers.ipynb #a2f29683
+# %% ../../../nbs/10a_keras_9_layers.ipynb #74f538fc
 from .layer import Input, InputLayer, KerasTensor, Layer, Node
 from .core import (Activation, Dense, Dropout, Embedding, Identity, Lambda, LeakyReLU, ReLU,
                                           Softmax)
 from .merging import Add, Average, Concatenate, Multiply, Subtract
 from .reshaping import Flatten, Permute, RepeatVector, Reshape, UpSampling2D
 from .preprocessing import Normalization, Rescaling
-from .convolutional import Conv2D
-from .pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D,
-                                             MaxPool2D, MaxPooling2D)
+from .convolutional import Conv1D, Conv2D
+from .pooling import (AveragePooling1D, AveragePooling2D, AvgPool1D, AvgPool2D,
+                                             GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAvgPool1D,
+                                             GlobalAvgPool2D, GlobalMaxPool1D, GlobalMaxPooling1D, MaxPool1D,
+                                             MaxPool2D, MaxPooling1D, MaxPooling2D)
 from .normalization import BatchNormalization
+from .rnn import GRU, LSTM, Bidirectional, SimpleRNN, TimeDistributed
+from .attention import Attention, LayerNormalization, MultiHeadAttention
 
 _all_ = ["Input", "InputLayer", "KerasTensor", "Layer", "Node", "Activation", "Dense", "Dropout", "Embedding", "ReLU",
          "Softmax", "Identity", "Lambda", "LeakyReLU", "Permute", "RepeatVector", "UpSampling2D", "Normalization",
          "Rescaling", "Add", "Average", "Concatenate", "Multiply", "Subtract", "Flatten", "Reshape", "Conv2D",
          "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D", "MaxPool2D", "MaxPooling2D",
-         "BatchNormalization"]
+         "BatchNormalization", "Conv1D", "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D",
+         "GlobalMaxPool1D", "GlobalMaxPooling1D", "MaxPool1D", "MaxPooling1D", "GRU", "LSTM", "Bidirectional",
+         "SimpleRNN", "TimeDistributed", "Attention", "LayerNormalization", "MultiHeadAttention"]
