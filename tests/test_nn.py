@@ -180,3 +180,20 @@ def test_new_activation_modules_are_chapter_02_functions_with_gradients():
         np.testing.assert_array_equal(mod(x).numpy(), fn(x).numpy())
         assert nb.gradcheck(lambda t: mod(t), pts)
     assert repr(nn.Softplus(beta=2.0)) == "Softplus(beta=2.0)"
+
+
+def test_trunc_normal_bounds_and_moments():
+    "nn.init.trunc_normal_ (PyTorch's absolute bounds) and the Keras truncated normal share chapter 03's sampler."
+    from neuralbook import nn
+    from neuralbook.backend import Generator
+    t = nn.Parameter(np.zeros((200, 300), np.float32))
+    nn.init.trunc_normal_(t, mean=1.0, std=2.0, a=0.0, b=3.0, generator=Generator(0))
+    assert t.dtype == np.float32 and 0.0 <= t.data.min() and t.data.max() <= 3.0
+    # a normal N(1, 4) truncated to [0, 3] = [mean - 0.5 std, mean + std] has mean 1 + 2 (φ(-.5) - φ(1)) / (Φ(1) - Φ(-.5))
+    from math import erf, exp, pi, sqrt
+    phi = lambda x: exp(-x * x / 2) / sqrt(2 * pi)
+    Phi = lambda x: 0.5 * (1 + erf(x / sqrt(2)))
+    assert abs(t.data.mean() - (1 + 2 * (phi(-0.5) - phi(1)) / (Phi(1) - Phi(-0.5)))) < 0.01
+    from neuralbook.keras.initializers import TruncatedNormal
+    k = TruncatedNormal(mean=0.0, stddev=1.0, seed=3)((1000, 50))
+    assert np.abs(k).max() <= 2.0 and np.array_equal(k, TruncatedNormal(mean=0.0, stddev=1.0, seed=3)((1000, 50)))
