@@ -9,7 +9,7 @@ Modules:
 # %% auto #0
 __all__ = ['save', 'load', 'utils']
 
-# %% ../nbs/99_package.ipynb #d452994b
+# %% ../nbs/99_package.ipynb #b285693d
 __version__ = "0.1.0"
 
 from .backend import (DeviceError, Generator, cuda_is_available, get_array_module, get_default_dtype,
@@ -34,7 +34,7 @@ from . import cuda  # last: registers the GPU twins of every kernel above (impor
 from . import cuda_emu  # chapter 12b: the CUDA kernels on the CPU (nb.cuda_emu.emulated_gpu())
 from . import amp  # chapter 12c: nb.amp.autocast(), nb.amp.GradScaler
 
-# %% ../nbs/99_package.ipynb #f070c5da
+# %% ../nbs/99_package.ipynb #00240b7f
 # functional <- losses
 functional.mse_loss = losses.mse_loss
 functional.l1_loss = losses.l1_loss
@@ -122,4 +122,5 @@ import sys as _sys, types as _types
 utils = _types.ModuleType("neuralbook.utils", "PyTorch's torch.utils spelling: utils.data is neuralbook.data")
 utils.data = data
 _sys.modules["neuralbook.utils"], _sys.modules["neuralbook.utils.data"] = utils, data
+from .tensor_methods import argmax, argmin, cat, flatten, max, mean, min, sum  # torch.max(x, 1) & co.
 globals().update(tensor_methods.DTYPE_NAMES)   # nb.float32, nb.float, nb.long, nb.int, nb.bool (last: shadows builtins here)

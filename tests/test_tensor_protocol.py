@@ -167,3 +167,24 @@ def test_size_survives_copy_and_pickle():
     s = nb.tensor(np.zeros((2, 3))).size
     for c in (copy.deepcopy(s), pickle.loads(pickle.dumps(s)), copy.copy(s)):
         assert c == 6 and c() == (2, 3)
+
+
+def test_max_min_with_dim_return_values_and_indices_like_torch():
+    "x.max(dim=1) / nb.max(x, 1): PyTorch's (values, indices); axis= keeps NumPy's values-only meaning."
+    torch = pytest.importorskip("torch")
+    a = np.random.default_rng(0).standard_normal((4, 5))
+    x, tx = nb.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    for ours, theirs in [(x.max(dim=1), tx.max(dim=1)), (nb.max(x, 0), torch.max(tx, 0)),
+                         (x.min(dim=-1, keepdim=True), tx.min(dim=-1, keepdim=True)), (nb.min(x, 1), torch.min(tx, 1))]:
+        np.testing.assert_array_equal(ours.values.data, theirs.values.detach().numpy())
+        np.testing.assert_array_equal(ours.indices.data, theirs.indices.numpy())
+    v, i = nb.max(x, 1)
+    v.sum().backward(); torch.max(tx, 1).values.sum().backward()
+    np.testing.assert_array_equal(x.grad.data, tx.grad.numpy())
+    assert x.max(axis=1).shape == (4,) and float(nb.max(x)) == a.max()
+    _, predicted = nb.max(x.data, 1)                           # torch.max(outputs.data, 1) on the raw array
+    labels = nb.tensor(a.argmax(1))
+    assert (predicted == labels).sum().item() == 4
+    assert nb.cat([x, x], 1).shape == (4, 10) and nb.flatten(x).shape == (20,) and float(nb.sum(x, 0).sum()) == pytest.approx(a.sum())
+    with pytest.raises(TypeError, match="max: give axis= or dim=, not both"):
+        x.max(axis=0, dim=1)
