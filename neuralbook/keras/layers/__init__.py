@@ -9,19 +9,21 @@ __all__ = ['Input', 'InputLayer', 'KerasTensor', 'Layer', 'Node', 'Activation', 
            'AveragePooling2D', 'AvgPool2D', 'GlobalAveragePooling2D', 'GlobalAvgPool2D', 'MaxPool2D', 'MaxPooling2D',
            'BatchNormalization', 'Conv1D', 'AveragePooling1D', 'AvgPool1D', 'GlobalAveragePooling1D', 'GlobalAvgPool1D',
            'GlobalMaxPool1D', 'GlobalMaxPooling1D', 'MaxPool1D', 'MaxPooling1D', 'GRU', 'LSTM', 'Bidirectional',
-           'SimpleRNN', 'TimeDistributed', 'Attention', 'LayerNormalization', 'MultiHeadAttention']
+           'SimpleRNN', 'TimeDistributed', 'Attention', 'LayerNormalization', 'MultiHeadAttention', 'Conv2DTranspose',
+           'GlobalMaxPool2D', 'GlobalMaxPooling2D']
 
-# %% ../../../nbs/10a_keras_9_layers.ipynb #74f538fc
+# %% ../../../nbs/10a_keras_9_layers.ipynb #c5490484
 from .layer import Input, InputLayer, KerasTensor, Layer, Node
 from .core import (Activation, Dense, Dropout, Embedding, Identity, Lambda, LeakyReLU, ReLU,
                                           Softmax)
 from .merging import Add, Average, Concatenate, Multiply, Subtract
 from .reshaping import Flatten, Permute, RepeatVector, Reshape, UpSampling2D
 from .preprocessing import Normalization, Rescaling
-from .convolutional import Conv1D, Conv2D
+from .convolutional import Conv1D, Conv2D, Conv2DTranspose
 from .pooling import (AveragePooling1D, AveragePooling2D, AvgPool1D, AvgPool2D,
                                              GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAvgPool1D,
-                                             GlobalAvgPool2D, GlobalMaxPool1D, GlobalMaxPooling1D, MaxPool1D,
+                                             GlobalAvgPool2D, GlobalMaxPool1D, GlobalMaxPool2D, GlobalMaxPooling1D,
+                                             GlobalMaxPooling2D, MaxPool1D,
                                              MaxPool2D, MaxPooling1D, MaxPooling2D)
 from .normalization import BatchNormalization
 from .rnn import GRU, LSTM, Bidirectional, SimpleRNN, TimeDistributed
@@ -33,4 +35,5 @@ _all_ = ["Input", "InputLayer", "KerasTensor", "Layer", "Node", "Activation", "D
          "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D", "MaxPool2D", "MaxPooling2D",
          "BatchNormalization", "Conv1D", "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D",
          "GlobalMaxPool1D", "GlobalMaxPooling1D", "MaxPool1D", "MaxPooling1D", "GRU", "LSTM", "Bidirectional",
-         "SimpleRNN", "TimeDistributed", "Attention", "LayerNormalization", "MultiHeadAttention"]
+         "SimpleRNN", "TimeDistributed", "Attention", "LayerNormalization", "MultiHeadAttention", "Conv2DTranspose",
+         "GlobalMaxPool2D", "GlobalMaxPooling2D"]
