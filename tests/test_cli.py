@@ -209,8 +209,11 @@ def test_ctrl_c_as_a_program(tmp_path):
     code = ("import sys, time; from neuralbook import cli\n"
             "cli._fit_mlp = lambda *a, **k: (print('training', flush=True), time.sleep(60))\n"
             "sys.exit(cli.main())")
+    # as a shell starts it: SIGINT at its default, whatever an earlier test left in this process (an ignored SIGINT is
+    # inherited, and Python then installs no KeyboardInterrupt handler)
     p = subprocess.Popen([sys.executable, "-c", code, "train", "iris", "--out", str(tmp_path)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout.readline().strip() == "training"
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)

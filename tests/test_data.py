@@ -634,3 +634,16 @@ def test_one_registry_for_the_cli_and_finetune():
     from neuralbook import cli, finetune
     assert cli.load_dataset is finetune.load_dataset is D.load_dataset
     assert cli.DATASETS == tuple(D.DATASETS)
+
+
+def test_subclass_batch_indices_is_honoured_by_the_fast_path():
+    "A loader that chooses its own batches (chapter 22's distributed shard) must not fall into the array fast path."
+    from neuralbook.data import DataLoader, TensorDataset
+
+    class EveryOther(DataLoader):
+        def batch_indices(self): return [np.arange(0, len(self.dataset), 2)]
+
+    X = np.arange(10, dtype=np.float32).reshape(5, 2)
+    (xb, yb), = list(EveryOther(TensorDataset(X, np.arange(5)), batch_size=5))
+    np.testing.assert_array_equal(xb.numpy(), X[::2])
+    np.testing.assert_array_equal(yb.numpy(), [0, 2, 4])
