@@ -18,31 +18,12 @@ except ImportError:
 
 
 def _pair(build_ours, build_torch, x, y):
-    "A (ours, theirs) pair of training steps with Adam on the same batch (as bench/run.py's `_train_step_pair`)."
-    import neuralbook as nb
-    import neuralbook.conv_fast  # noqa: F401  registers chapter 11a.2's conv2d path (until the package imports it)
-    from neuralbook import losses, optim
-    model = build_ours()
-    opt = optim.Adam(model.parameters(), lr=1e-3)
-    xb, yb = nb.tensor(x), nb.tensor(y)
-
-    def ours():
-        loss = losses.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    tmodel = build_torch()
-    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
-    txb, tyb = torch.tensor(x), torch.tensor(y)
-
-    def theirs():
-        loss = torch.nn.functional.cross_entropy(tmodel(txb), tyb)
-        topt.zero_grad()
-        loss.backward()
-        topt.step()
-    ours.model, theirs.model = model, tmodel
-    return ours, theirs
+    "bench/run.py's `_train_step_pair`: Adam steps of both models on one batch."
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import _train_step_pair
+    return _train_step_pair(build_ours, build_torch, x, y)
 
 
 def _wide(T):
