@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Data-parallel scaling on this machine (chapter 22): 1 vs 2 MPI processes.
+"""Data-parallel scaling on this machine (chapter 34): 1 vs 2 MPI processes.
 
     python bench/distributed.py            # writes bench/results/distributed.json (the chapter's figure reads it)
     python bench/distributed.py --quick    # a smoke run (CI): fewer sizes and steps, output to a temporary folder

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU benchmark (chapter 12): neuralbook on CUDA against PyTorch CUDA on the same GPU, and every fused CUDA kernel
+"""GPU benchmark (chapter 31): neuralbook on CUDA against PyTorch CUDA on the same GPU, and every fused CUDA kernel
 against the unfused CuPy code it replaces. Needs an NVIDIA GPU and CuPy; the PyTorch column needs a CUDA build of
 torch (it is left empty otherwise).
 
@@ -7,7 +7,7 @@ torch (it is left empty otherwise).
     python bench/gpu.py --quick          # 3 rounds instead of 9
     python bench/gpu.py --only adam      # workloads whose name contains 'adam'
     python bench/gpu.py --tf32           # allow TF32 matrix products in both libraries (default: off in both)
-    python bench/gpu.py --smoke --emulated   # tiny sizes, one round, on chapter 12b's emulated GPU: checks the
+    python bench/gpu.py --smoke --emulated   # tiny sizes, one round, on chapter 32's emulated GPU: checks the
                                              # script itself without a GPU (the timings mean nothing)
 
 Method: each workload is warmed up (kernels compile on first use), then timed in rounds that alternate the two
@@ -80,7 +80,7 @@ SMOKE = dict(warmup=1, target=0.0)      # --smoke: each contender runs a few tim
 
 # ------------------------------------------------------------------------------------------ kernels: fused vs not
 def kernel_workloads(cp, smoke=False):
-    """name -> (fused(), unfused(), check()) on CuPy arrays. The first three names are those of chapter 12's
+    """name -> (fused(), unfused(), check()) on CuPy arrays. The first three names are those of chapter 31's
     bytes-moved model, so the chapter's figure can put measurement beside prediction. `smoke`: tiny sizes."""
     rng = np.random.default_rng(0)
     f32 = np.float32
@@ -136,7 +136,7 @@ def kernel_workloads(cp, smoke=False):
 
 # -------------------------------------------------------------------------------------------- training steps
 class FusedMLP(nn.Module):
-    "The MLP with chapter 12's fused linear + ReLU layers."
+    "The MLP with chapter 31's fused linear + ReLU layers."
     def __init__(self, d_in, width, d_out):
         super().__init__()
         self.l1, self.l2, self.l3 = nn.Linear(d_in, width), nn.Linear(width, width), nn.Linear(width, d_out)
@@ -238,7 +238,7 @@ def main(argv=None):
     ap.add_argument("--only", help="only workloads whose name contains this (case-insensitive)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matrix products in both libraries")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and one round: a check of the script, no timing")
-    ap.add_argument("--emulated", action="store_true", help="run on chapter 12b's emulated GPU (with --smoke)")
+    ap.add_argument("--emulated", action="store_true", help="run on chapter 32's emulated GPU (with --smoke)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
     if args.emulated:
@@ -254,7 +254,7 @@ def run(args):
         try: nb.tensor([0.0], device="cuda")
         except nb.DeviceError as e: print(f"bench/gpu.py needs a GPU: {e}")
         return 2
-    cp = nb.backend.cupy_or_none()          # CuPy (or, under chapter 12b's emulated_gpu(), its stand-in)
+    cp = nb.backend.cupy_or_none()          # CuPy (or, under chapter 32's emulated_gpu(), its stand-in)
     rounds = 1 if args.smoke else 3 if args.quick else 9
     CU.set_tf32(args.tf32)
     torch_version = None

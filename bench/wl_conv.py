@@ -1,4 +1,4 @@
-"""Chapter 11's benchmarks at realistic widths (issue 22), loaded by bench/run.py (see `_load_workload_modules`).
+"""Chapter 12's benchmarks at realistic widths (issue 22), loaded by bench/run.py (see `_load_workload_modules`).
 
 - `conv_wide_b128`: the 4-conv network of the issue on 28×28 digits, batch 128: Conv 1→64, Conv 64→64 (3×3, no
   padding, ReLU after each), MaxPool 2, Conv 64→128, Conv 128→128 (ReLU after each), Flatten, Linear 8192→10.
@@ -70,7 +70,7 @@ MEMORY = {"conv_wide_b128", "conv_resblock_b64"}
 
 # ---------------------------------------------------------------- `python bench/wl_conv.py`: the chapter's table
 def _variants():
-    """'im2col' (chapter 11 alone: conv.FAST emptied) and 'winograd' (chapter 11a.2's FastConv2dFn, forced on). The
+    """'im2col' (chapter 12 alone: conv.FAST emptied) and 'winograd' (chapter 12b's FastConv2dFn, forced on). The
     library's default, WINOGRAD = "auto", is the 'winograd' row at 1 BLAS thread and the 'im2col' row at more."""
     from neuralbook import conv, conv_fast
     def winograd():
@@ -102,7 +102,7 @@ def _instrument():
     timed(functional.ReLU, "forward", "ReLU"); timed(functional.ReLU, "backward", "ReLU")
     timed(optim.Adam, "step", "Adam")
     from neuralbook import norm
-    timed(norm.NormalizeFn, "forward", "BatchNorm (chapter 11b)"); timed(norm.NormalizeFn, "backward", "BatchNorm (chapter 11b)")
+    timed(norm.NormalizeFn, "forward", "BatchNorm (chapter 13)"); timed(norm.NormalizeFn, "backward", "BatchNorm (chapter 13)")
     return acc
 
 
@@ -112,7 +112,7 @@ def main():
     from threadpoolctl import threadpool_limits
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import neuralbook as nb
-    ap = argparse.ArgumentParser(description="chapter 11a.2's before/after table and profile")
+    ap = argparse.ArgumentParser(description="chapter 12b's before/after table and profile")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))

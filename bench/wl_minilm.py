@@ -1,4 +1,4 @@
-"""Chapter 17b's benchmarks (loaded by bench/run.py, see `_load_workload_modules`): all-MiniLM-L6-v2 forward
+"""Chapter 24's benchmarks (loaded by bench/run.py, see `_load_workload_modules`): all-MiniLM-L6-v2 forward
 (batch 32 × 128 tokens) against Hugging Face transformers, and a LoRA fine-tune step against PyTorch + PEFT.
 
 Run as a script, it is the chapter's fine-tuning comparison on the census-names task (TF-IDF + logistic regression,

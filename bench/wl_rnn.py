@@ -1,4 +1,4 @@
-"""Chapter 14's benchmark: an LSTM training step against PyTorch (loaded by bench/run.py, see `_load_workloads`)."""
+"""Chapter 16's benchmark: an LSTM training step against PyTorch (loaded by bench/run.py, see `_load_workloads`)."""
 import numpy as np
 
 import neuralbook as nb

@@ -1,4 +1,4 @@
-"""Chapter 15's benchmark: a training step of a 2-layer transformer encoder against PyTorch (loaded by bench/run.py).
+"""Chapter 17's benchmark: a training step of a 2-layer transformer encoder against PyTorch (loaded by bench/run.py).
 
 batch 16, sequence 64, width 128, 4 heads, feed-forward 512, post-norm, ReLU, dropout 0 (the same work on both
 sides), causal self-attention; loss: mean squared error against a fixed target; Adam."""

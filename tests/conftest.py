@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
 def cp(request):
     """The device a test runs on: a real GPU through CuPy (marked `gpu`, so skipped without one and selected by
-    `-m gpu`), or chapter 12b's emulated GPU, which runs the same CUDA sources on the CPU with grids of at most 3
+    `-m gpu`), or chapter 32's emulated GPU, which runs the same CUDA sources on the CPU with grids of at most 3
     blocks, so that every grid-stride loop wraps around (needs a C++ compiler; small shapes only)."""
     if request.param == "cuda":
         yield pytest.importorskip("cupy")

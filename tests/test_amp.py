@@ -1,4 +1,4 @@
-"""Chapter 12c: mixed precision — autocast's dtype policy, float32 accumulation, GradScaler against PyTorch's."""
+"""Chapter 33: mixed precision — autocast's dtype policy, float32 accumulation, GradScaler against PyTorch's."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Chapter 15: scaled dot-product attention, MultiheadAttention, positional encodings and transformer layers —
+"""Chapter 17: scaled dot-product attention, MultiheadAttention, positional encodings and transformer layers —
 float64 gradient checks, PyTorch on copied weights (forward and backward at 1e-6), bad input, the emulated GPU."""
 
 import numpy as np
@@ -406,7 +406,7 @@ def test_layer_bad_activation():
 
 
 # ------------------------------------------------------------------------------------------------- GPU
-# `cp` (a real GPU, or chapter 12b's emulated one): the fixture in tests/conftest.py
+# `cp` (a real GPU, or chapter 32's emulated one): the fixture in tests/conftest.py
 
 
 @pytest.mark.parametrize("need_weights", [True, False])
@@ -430,7 +430,7 @@ def test_mha_on_gpu_matches_cpu(cp, need_weights):
 
 
 def test_layer_under_autocast_is_close_to_float32():
-    "Chapter 12c: under autocast the attention runs as ops that hold the precision policy (float16 products)."
+    "Chapter 33: under autocast the attention runs as ops that hold the precision policy (float16 products)."
     x = nb.tensor(_rng(17).standard_normal((2, 5, 8)).astype(np.float32), requires_grad=True)
     layer = TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
     y32 = layer(x, is_causal=True).numpy()

@@ -1,6 +1,6 @@
 """Bad data is refused at the door (issue 21): one table, one row per probe — the bad call, the exception type and a
 fragment of the message (a regex). A new failure mode is one new row. Below the table, what the door lets in:
-integer, bool and list input to float layers is cast to the layer's dtype (chapter 03's rule)."""
+integer, bool and list input to float layers is cast to the layer's dtype (chapter 04's rule)."""
 import math
 
 import numpy as np
@@ -51,7 +51,7 @@ class _Empty:
 _TEN = TensorDataset(np.zeros((10, 2), np.float32), np.arange(10))
 
 PROBES = [
-    # ---- nb.tensor: numbers only (chapter 01)
+    # ---- nb.tensor: numbers only (chapter 02)
     ("tensor str", lambda: nb.tensor("abc"), TypeError, r"tensor: data must be numbers .*got str 'abc'"),
     ("tensor None in list", lambda: nb.tensor([None, 1.0]), TypeError, r"got list \[None, 1.0\] holding a NoneType"),
     ("tensor dict", lambda: nb.tensor({"a": 1}), TypeError, r"tensor: data must be numbers .*got dict \{'a': 1\}"),
@@ -65,9 +65,9 @@ PROBES = [
      r"dtype datetime64\[D\]"),
     ("tensor ragged", lambda: nb.tensor([[1.0, 2.0], [3.0]]), ValueError, r"tensor: .*nested lists must be rectangular"),
     ("nn.Parameter str", lambda: nb.nn.Parameter("abc"), TypeError, r"tensor: data must be numbers"),
-    # ---- the graph is freed by backward (chapter 01)
+    # ---- the graph is freed by backward (chapter 02)
     ("second backward", _second_backward, RuntimeError, r"backward through the graph a second time.*retain_graph=True"),
-    # ---- layers meet data (chapter 03 rule; Linear, Conv2d, ConvTranspose2d, conv2d)
+    # ---- layers meet data (chapter 04 rule; Linear, Conv2d, ConvTranspose2d, conv2d)
     ("Linear list of str", lambda: Linear(3, 2)(["a", "b", "c"]), TypeError, r"Linear\(3, 2\): input: data must be numbers"),
     ("Linear str array", lambda: Linear(3, 2)(np.array(["a", "b", "c"])), TypeError,
      r"Linear\(3, 2\): input must be numbers, got an array of dtype <U1"),
@@ -80,7 +80,7 @@ PROBES = [
      r"ConvTranspose2d\(.*\): input must be numbers, got an array of dtype object"),
     ("conv2d float64 vs float32", lambda: conv2d(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3), np.float32)),
      TypeError, r"conv2d: input \(float64\) and weight \(float32\) must have the same floating-point dtype"),
-    # ---- sparse labels are integers (or integral floats) (chapter 04)
+    # ---- sparse labels are integers (or integral floats) (chapter 05)
     ("cross_entropy 0.5 labels", lambda: cross_entropy(_logits(), np.array([0.5, 1.5, 0.0, 1.0])), ValueError,
      r"cross_entropy: target value 0.5 is not a class label.*np.rint\(target\).astype\(np.int64\)"),
     ("nll_loss 1.5 label", lambda: nll_loss(_logits(), np.array([0.0, 1.5, 2.0, 1.0])), ValueError,
@@ -93,7 +93,7 @@ PROBES = [
      ValueError, r"cross_entropy: target label 3 is out of range for 3 classes"),
     ("nll_loss str labels", lambda: nll_loss(_logits(), np.array(["a", "b", "c", "d"])), TypeError,
      r"nll_loss: target must hold integer class labels, got dtype <U1"),
-    # ---- optimisers check their arguments at construction (chapter 05)
+    # ---- optimisers check their arguments at construction (chapter 07)
     ("SGD lr inf", lambda: SGD(_params(), lr=INF), ValueError, r"SGD \(param group 0\): lr must be a finite number >= 0, got inf"),
     ("SGD lr nan", lambda: SGD(_params(), lr=NAN), ValueError, r"SGD \(param group 0\): lr must be a number >= 0, got nan"),
     ("SGD lr negative", lambda: SGD(_params(), lr=-0.1), ValueError, r"SGD.*lr must be a number >= 0, got -0.1"),
@@ -118,7 +118,7 @@ PROBES = [
     ("RMSprop alpha > 1", lambda: RMSprop(_params(), alpha=1.5), ValueError, r"RMSprop.*alpha must be in \[0, 1\]"),
     ("RMSprop eps 0", lambda: RMSprop(_params(), eps=0), ValueError, r"RMSprop.*eps must be a number > 0"),
     ("Adagrad lr inf", lambda: Adagrad(_params(), lr=INF), ValueError, r"Adagrad.*lr must be a finite number"),
-    # ---- schedules check their arguments at construction (chapter 05b)
+    # ---- schedules check their arguments at construction (chapter 07b)
     ("StepLR step_size 0", lambda: S.StepLR(_sgd(), step_size=0), ValueError, r"StepLR: step_size must be a positive integer, got 0"),
     ("StepLR step_size 2.5", lambda: S.StepLR(_sgd(), step_size=2.5), ValueError, r"StepLR: step_size must be a positive integer"),
     ("StepLR gamma inf", lambda: S.StepLR(_sgd(), 3, gamma=INF), ValueError, r"StepLR: gamma must be a finite number > 0, got inf"),
@@ -141,7 +141,7 @@ PROBES = [
      r"OneCycleLR: div_factor must be a finite number > 0"),
     ("OneCycleLR pct_start 1.5", lambda: S.OneCycleLR(_sgd(), max_lr=0.1, total_steps=10, pct_start=1.5), ValueError,
      r"OneCycleLR: pct_start must be in \[0, 1\]"),
-    # ---- datasets and loaders (chapter 08)
+    # ---- datasets and loaders (chapter 06)
     ("TensorDataset empty", lambda: TensorDataset(np.zeros((0, 2)), np.zeros(0)), ValueError,
      r"TensorDataset: the arrays hold no samples \(shapes \(0, 2\), \(0,\)\)"),
     ("TensorDataset lengths differ", lambda: TensorDataset(np.zeros((10, 2)), np.zeros(9)), ValueError,

@@ -6,7 +6,7 @@ own browser download is never used). Each page must: load with no console error,
 that leaves 127.0.0.1; show every image (naturalWidth > 0); have its math typeset by the local MathJax (output
 elements present, no MathJax error, no `$$` left in the visible text); have previous/next links, a table of
 contents, the search box and, for a chapter that exports code, the API reference; and every internal link on it must
-answer HTTP 200 from the local server (with its #anchor present on the target page). Screenshots of chapter 01 and a
+answer HTTP 200 from the local server (with its #anchor present on the target page). Screenshots of chapter 02 and a
 Keras chapter are written into the test's temporary folder.
 
 Skips, with the reason, when the `book` extra (mkdocs, mkdocs-material, mkdocs-jupyter, jupyter-server-mathjax,
@@ -65,7 +65,11 @@ needs_book = pytest.mark.skipif(bool(_missing(BOOK_EXTRA)), reason=(
 
 
 def _notebooks():
-    return [p.stem for p in sorted(NBS.glob("*.ipynb"))]
+    return [p.stem for p in sorted(NBS.rglob("*.ipynb")) if "_src" not in p.parts and ".ipynb_checkpoints" not in p.parts]
+
+
+def _path(stem):
+    return next(p for p in NBS.rglob(f"{stem}.ipynb") if "_src" not in p.parts)
 
 
 def _has_math(nb_path):
@@ -74,7 +78,7 @@ def _has_math(nb_path):
 
 
 def _exports(stem):
-    nb = json.loads((NBS / f"{stem}.ipynb").read_text(encoding="utf-8"))
+    nb = json.loads(_path(stem).read_text(encoding="utf-8"))
     return any(re.search(r"^#\|\s*export", "".join(c["source"]), re.MULTILINE) for c in nb["cells"] if c["cell_type"] == "code")
 
 
@@ -136,7 +140,7 @@ def shots(tmp_path_factory):
 @needs_book
 def test_book_discovers_every_notebook_and_renders_offline(site):
     pages = {p.stem for p in site.glob("*.html")} - {"404"}
-    assert pages == set(_notebooks()), "every nbs/*.ipynb becomes one page, nothing else"
+    assert pages == set(_notebooks()), "every notebook under nbs/ becomes one page, nothing else"
     for stem in _notebooks():
         html = (site / f"{stem}.html").read_text(encoding="utf-8")
         srcs = re.findall(r'<(?:script|link|img)\b[^>]*?\b(?:src|href)="([^"]+)"', html)
@@ -151,10 +155,10 @@ def test_book_discovers_every_notebook_and_renders_offline(site):
 @needs_book
 def test_api_reference_shows_signature_and_docstring(site):
     book = _load_book()
-    nb = json.loads((NBS / "01_autograd.ipynb").read_text(encoding="utf-8"))
+    nb = json.loads((NBS / "1_learning" / "02_autograd.ipynb").read_text(encoding="utf-8"))
     names = book.exported_names(nb)
     assert "Tensor" in names and "gradcheck" in names and not any(n.startswith("_") for n in names)
-    html = (site / "01_autograd.html").read_text(encoding="utf-8")
+    html = (site / "02_autograd.html").read_text(encoding="utf-8")
     api = html[html.index('id="api-reference"'):]
     from neuralbook.autograd import gradcheck
     first_doc_line = gradcheck.__doc__.strip().splitlines()[0][:30]
@@ -288,9 +292,9 @@ _LINK_CACHE: dict = {}
 
 
 def _screenshot_stems():
-    """Chapter 01 and the first Keras chapter (whatever their names are today)."""
+    """The autograd chapter and the first Keras chapter (whatever their numbers are today)."""
     stems = _notebooks()
-    return [s for s in stems if s.startswith("01_")][:1] + [s for s in stems if "keras" in s][:1]
+    return [s for s in stems if s.endswith("_autograd")][:1] + [s for s in stems if "keras" in s][:1]
 
 
 @needs_book
@@ -319,9 +323,9 @@ def test_page_in_browser(stem, visits, server, site):
 
 
 @needs_book
-def test_screenshots_of_chapter_01_and_a_keras_chapter(visits, shots):
+def test_screenshots_of_autograd_and_a_keras_chapter(visits, shots):
     stems = _screenshot_stems()
-    assert len(stems) == 2 and stems[0].startswith("01_") and "keras" in stems[1], stems
+    assert len(stems) == 2 and stems[0].endswith("_autograd") and "keras" in stems[1], stems
     for s in stems:
         png = shots / f"{s}.png"
         assert png.is_file() and png.stat().st_size > 20_000, f"no screenshot of {s} (or a blank one) in {shots}"
@@ -338,4 +342,4 @@ def test_search_box_finds_a_chapter(server, browser):
         hits = page.locator(".md-search-result__item a").evaluate_all("els => els.map(e => e.href)")
     finally:
         page.close()
-    assert any("01_autograd.html" in h for h in hits), hits
+    assert any("02_autograd.html" in h for h in hits), hits

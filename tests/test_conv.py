@@ -1,4 +1,4 @@
-"""Convolution and pooling (chapter 11): forward and backward against PyTorch over many random geometries, float64
+"""Convolution and pooling (chapter 12): forward and backward against PyTorch over many random geometries, float64
 gradient checks (first and second order), the columns built in bands of output rows (same numbers, bounded memory),
 layouts, dtypes, layers and the error messages for bad input."""
 import math
@@ -431,7 +431,7 @@ def test_gpu_matches_cpu():
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
 
 
-# ------------------------------------------------------------------ 1-D (chapter 11a): wrappers over the 2-D path
+# ------------------------------------------------------------------ 1-D (chapter 12a): wrappers over the 2-D path
 from neuralbook.conv1d import (AdaptiveAvgPool1d, AvgPool1d, Conv1d, MaxPool1d, adaptive_avg_pool1d, avg_pool1d,
                                conv1d, max_pool1d)
 
@@ -544,7 +544,7 @@ def test_1d_bad_input_messages():
         Conv1d(3, 8, 3, groups=2)
 
 
-# ------------------------------------------------------------------ Winograd F(2×2, 3×3) (chapter 11a.2)
+# ------------------------------------------------------------------ Winograd F(2×2, 3×3) (chapter 12b)
 from neuralbook import conv_fast
 
 

@@ -1,4 +1,4 @@
-"""Chapter 11e: transposed convolution — F.conv_transpose2d / nn.ConvTranspose2d (chapter 11's op) checked as the
+"""Chapter 15: transposed convolution — F.conv_transpose2d / nn.ConvTranspose2d (chapter 12's op) checked as the
 adjoint of conv2d, against PyTorch over strides, paddings and output_padding, gradcheck, double backward, the emulated
 GPU, bad input; and the output-size helpers of neuralbook.conv_transpose."""
 import itertools

@@ -1,4 +1,4 @@
-"""Chapter 12 without a GPU.
+"""Chapter 31 without a GPU.
 
 1. NVRTC compiles every CUDA source of neuralbook.cuda for sm_80 and sm_90, and rejects a broken kernel (needs CuPy
    and nvidia-cuda-nvrtc, not a GPU; skipped with the reason when they are missing, except in CI where it fails).
@@ -261,7 +261,7 @@ def test_layout_helpers():
 
 @pytest.mark.parametrize("case", [
     ((8, 3, 5, 5), None, (0, 2, 3)),              # batch norm, NCHW: (N, C, HW)
-    ((3, 5, 5, 8), (3, 0, 1, 2), (0, 2, 3)),      # batch norm, chapter 11's batch-innermost buffer: (1, C, HWN)
+    ((3, 5, 5, 8), (3, 0, 1, 2), (0, 2, 3)),      # batch norm, chapter 12's batch-innermost buffer: (1, C, HWN)
     ((16, 7), None, (0,)),                         # BatchNorm1d: (N, C) -> outer N, inner 1
     ((16, 7), None, (1,)),                         # layer norm
     ((4, 6, 10), None, (1, 2)),                    # layer norm over two axes

@@ -1,4 +1,4 @@
-"""Chapter 12b: the CUDA emulator itself — that it runs CUDA's semantics, and that it catches what it claims to.
+"""Chapter 32: the CUDA emulator itself — that it runs CUDA's semantics, and that it catches what it claims to.
 
 The GPU suite (tests/test_gpu.py) runs on the emulated device; these tests make sure that device is worth trusting:
 shuffles, barriers and atomics behave as CUDA defines them, every kind of bug the chapter lists is reported, the

@@ -1,4 +1,4 @@
-"""Chapter 08: Dataset / TensorDataset / DataLoader, preprocessing (StandardScaler, one_hot, train_test_split)
+"""Chapter 06: Dataset / TensorDataset / DataLoader, preprocessing (StandardScaler, one_hot, train_test_split)
 and the offline datasets of neuralbook.datasets."""
 import gzip
 import sys
@@ -637,7 +637,7 @@ def test_one_registry_for_the_cli_and_finetune():
 
 
 def test_subclass_batch_indices_is_honoured_by_the_fast_path():
-    "A loader that chooses its own batches (chapter 22's distributed shard) must not fall into the array fast path."
+    "A loader that chooses its own batches (chapter 34's distributed shard) must not fall into the array fast path."
     from neuralbook.data import DataLoader, TensorDataset
 
     class EveryOther(DataLoader):

@@ -1,4 +1,4 @@
-"Data-parallel training (chapter 22): multi-rank runs under mpiexec, compared with one process."
+"Data-parallel training (chapter 34): multi-rank runs under mpiexec, compared with one process."
 import os, shutil, subprocess, sys, json, textwrap
 from pathlib import Path
 import numpy as np
@@ -265,7 +265,7 @@ if c.rank == 0: json.dump([w.tolist() for w in ws], open(out, "w"))
 """
 
 def test_emulated_gpu_gradients_go_through_the_host(tmp_path):
-    "Device arrays (the emulated GPU of chapter 12b, no NCCL) are reduced through host copies: same as the CPU."
+    "Device arrays (the emulated GPU of chapter 32, no NCCL) are reduced through host copies: same as the CPU."
     w = {}
     for device in ("cpu", "cuda"):
         r = launch(tmp_path, 2, EMULATED, timeout=240, args=(device, tmp_path / f"{device}.json"))

@@ -1,4 +1,4 @@
-"""End to end: an MLP trained with an explicit loop built only from the learning pieces (chapters 03–08)."""
+"""End to end: an MLP trained with an explicit loop built only from the learning pieces (chapters 04–06)."""
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits, load_iris

@@ -1,4 +1,4 @@
-"""Chapter 13: checkpoints (atomic, checked, bit-identical resume), PyTorch weights, freezing, new heads,
+"""Chapter 20: checkpoints (atomic, checked, bit-identical resume), PyTorch weights, freezing, new heads,
 discriminative rates, gradual unfreezing, LoRA, the LR finder and the `finetune` command."""
 import argparse
 import json
@@ -52,7 +52,7 @@ def conv_available():
         return False
 
 
-needs_conv = pytest.mark.skipif(not conv_available(), reason="chapter 11's Conv2d/MaxPool2d/BatchNorm2d modules")
+needs_conv = pytest.mark.skipif(not conv_available(), reason="chapter 12's Conv2d/MaxPool2d/BatchNorm2d modules")
 
 
 def train_steps(model, opt, steps=3, X=X, Y=Y):
@@ -110,7 +110,7 @@ def test_crash_half_way_through_a_write_keeps_the_previous_checkpoint(tmp_path, 
         f.flush()
         raise OSError("simulated crash: disk full half-way")
 
-    monkeypatch.setattr(nio, "_write_blob", half_then_crash)  # the writer moved to chapter 08c's neuralbook.io
+    monkeypatch.setattr(nio, "_write_blob", half_then_crash)  # the writer moved to chapter 30's neuralbook.io
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(path, model, opt, epoch=1)
     monkeypatch.undo()

@@ -188,7 +188,7 @@ OPS = {
     "silu": (unary(), F.silu, tF.silu if torch else None, True),
     "selu": (unary(), F.selu, tF.selu if torch else None, True),
     "softplus": (unary(), F.softplus, tF.softplus if torch else None, True),
-    # (through nn.Softplus, which holds chapter 02's softplus even while chapter 99 rebinds F.softplus to losses')
+    # (through nn.Softplus, which holds chapter 03's softplus even while chapter 99 rebinds F.softplus to losses')
     "softplus_beta": (unary(), lambda a: nb.nn.Softplus(beta=2.0)(a), lambda a: tF.softplus(a, beta=2.0), True),
     "mish": (unary(), F.mish, tF.mish if torch else None, True),
     "softmax": (softmax_in(), F.softmax, lambda a, axis: torch.softmax(a, dim=axis), True),

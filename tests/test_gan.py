@@ -1,4 +1,4 @@
-"""Chapter 21: GAN losses, the GANTrainer callback (two optimisers in the Learner's one loop), the DCGAN networks,
+"""Chapter 28: GAN losses, the GANTrainer callback (two optimisers in the Learner's one loop), the DCGAN networks,
 distillation_loss (gradcheck, PyTorch formula) and the DistillationCallback."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Chapter 16: the character-level GPT — data encoding, causality, a short training run that beats the bigram
+"""Chapter 18: the character-level GPT — data encoding, causality, a short training run that beats the bigram
 baseline on held-out names, reproducible sampling, bad input."""
 import importlib.util
 import math

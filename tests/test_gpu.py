@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m pytest -m gpu tests          # on a machine with an NVIDIA GPU and CuPy
 
 Needs only pytest, NumPy and CuPy (nothing here imports torch, hypothesis or scikit-learn). Tests marked `gpu` are
-skipped by tests/conftest.py when no GPU is visible. Each of them also runs on chapter 12b's emulated GPU (the same
+skipped by tests/conftest.py when no GPU is visible. Each of them also runs on chapter 32's emulated GPU (the same
 CUDA sources compiled for the CPU, NumPy posing as CuPy), so that every CI build executes the kernels and the host
 code of the "cuda" device; the few tests without a device check the tables that drive the others.
 """
@@ -20,7 +20,7 @@ from neuralbook.backend import KERNELS, Generator
 gpu = pytest.mark.gpu
 
 
-# the `cp` fixture (a real GPU, or chapter 12b's emulated one) lives in tests/conftest.py
+# the `cp` fixture (a real GPU, or chapter 32's emulated one) lives in tests/conftest.py
 
 EMULATED_MAX = 5_000_000    # elements: larger cases run on a real GPU only
 
@@ -235,7 +235,7 @@ GEOMS = [  # x shape (N, C, H, W), kernel, stride, padding (t, b, l, r), dilatio
 
 
 def _layouts(a):
-    "The same values as plain NCHW and as chapter 11's batch-innermost view."
+    "The same values as plain NCHW and as chapter 12's batch-innermost view."
     return {"nchw": a, "batch_innermost": np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)}
 
 
@@ -356,9 +356,9 @@ OPS = {
     "log_softmax": (lambda a: F.log_softmax(a), lambda r: [_f(r, (5, 4)) * 10]),
     "logsumexp": (lambda a: F.logsumexp(a, axis=0), lambda r: [_f(r, (5, 4)) * 10]),
     "embedding": (lambda ids, w: F.embedding(ids, w), lambda r: [_ints(r, (4, 3), 6), _f(r, (6, 5))]),
-    # the fused layer of chapter 12
+    # the fused layer of chapter 31
     "linear_act": (lambda x, w, b: CU.linear_act(x, w, b, "tanh"), lambda r: [_f(r, (6, 4)), _f(r, (3, 4)), _f(r, (3,))]),
-    # losses (chapter 04)
+    # losses (chapter 05)
     "mse_loss": (lambda a, b: losses.mse_loss(a, b), lambda r: [_f(r, (5, 3)), _f(r, (5, 3))]),
     "l1_loss": (lambda a, b: losses.l1_loss(a, b, reduction="sum"), lambda r: [_f(r, (5, 3)), _f(r, (5, 3))]),
     "huber_loss": (lambda a, b: losses.huber_loss(a, b, delta=0.5), lambda r: [_f(r, (5, 3)), _f(r, (5, 3))]),
@@ -371,7 +371,7 @@ OPS = {
                                          lambda r: [_f(r, (6, 2)) * 4, r.uniform(size=(6, 2))]),
     "binary_cross_entropy": (lambda x, y: losses.binary_cross_entropy(F.sigmoid(x), y),
                              lambda r: [_f(r, (6, 2)), r.uniform(size=(6, 2))]),
-    # convolution, pooling, normalisation (chapter 11)
+    # convolution, pooling, normalisation (chapter 12)
     "conv2d": (lambda x, w, b: conv.conv2d(x, w, b, stride=2, padding=1),
                lambda r: [_f(r, (2, 3, 7, 6)), _f(r, (4, 3, 3, 3)), _f(r, (4,))]),
     "conv2d_groups": (lambda x, w: conv.conv2d(x, w, padding=1, dilation=2, groups=2),
@@ -384,7 +384,7 @@ OPS = {
     "batch_norm": (lambda x, w, b: norm.batch_norm(x, None, None, w, b, training=True),
                    lambda r: [_f(r, (4, 3, 5, 5)), _pos(r, (3,)), _f(r, (3,))]),
     "layer_norm": (lambda x, w, b: norm.layer_norm(x, (6,), w, b), lambda r: [_f(r, (4, 6)), _pos(r, (6,)), _f(r, (6,))]),
-    # regularisation (chapter 06): the same seed gives the same mask on both devices
+    # regularisation (chapter 08): the same seed gives the same mask on both devices
     "dropout": (lambda x: regularization.dropout(x, 0.4, generator=Generator(3)), lambda r: [_f(r, (9, 7))]),
 }
 NOT_OPS = set()          # public lowercase names of neuralbook.functional that are not differentiable ops

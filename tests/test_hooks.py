@@ -1,4 +1,4 @@
-"Chapter 09c: forward hooks, ActivationStats and UpdateRatio."
+"Chapter 10c: forward hooks, ActivationStats and UpdateRatio."
 import numpy as np
 import pytest
 

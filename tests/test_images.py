@@ -1,4 +1,4 @@
-"""Chapter 18: augmentation during training only (BatchTransform), the Fashion-MNIST CNN."""
+"""Chapter 25: augmentation during training only (BatchTransform), the Fashion-MNIST CNN."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Chapter 08c: one checked file format. A table of bad files (one row per probe: how to make it, the call, the
+"""Chapter 30: one checked file format. A table of bad files (one row per probe: how to make it, the call, the
 expected exception and a fragment of its message), round trips, atomic writes, and memory bombs refused under a
 memory cap."""
 import json

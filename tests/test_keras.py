@@ -1,4 +1,4 @@
-"""Chapter 10: the Keras-style API — layers that build lazily, functional graphs, compile/fit/evaluate/predict on the
+"""Chapter 11: the Keras-style API — layers that build lazily, functional graphs, compile/fit/evaluate/predict on the
 Learner, losses/metrics/optimisers with Keras' conventions, callbacks, safe saving, clear errors, and the tutorial
 program that must run unchanged with `import neuralbook as tf`."""
 import json
@@ -540,7 +540,7 @@ def test_fit_batches_are_the_dataloaders(monkeypatch):
             assert len(ours) == len(ref) == 10
             assert all(np.array_equal(a, b) for o, r in zip(ours, ref) for a, b in zip(o, r))
     first = next(iter(_Batches([X, y], 10, False, "fit")))
-    assert not np.shares_memory(first[0].data, X)             # a copy (chapter 08): training cannot alias the data
+    assert not np.shares_memory(first[0].data, X)             # a copy (chapter 06): training cannot alias the data
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         _Batches([X, y], 0, False, "fit")
     m = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
@@ -1086,7 +1086,7 @@ def test_fit_accepts_learner_callbacks_next_to_keras_ones():
     assert count.n == 2 * 3 and hist == [0, 1] and len(h.history["loss"]) == 2
     m.fit(X, y, batch_size=4, epochs=1, verbose=0)            # added for that fit only
     assert count.n == 6
-    with pytest.raises(TypeError, match=r"fit: callbacks must be keras\.callbacks objects or chapter 09's Learner "
+    with pytest.raises(TypeError, match=r"fit: callbacks must be keras\.callbacks objects or chapter 10's Learner "
                                         r"callbacks .*got int"):
         m.fit(X, y, callbacks=[3], verbose=0)
 
@@ -1105,7 +1105,7 @@ def test_fit_with_a_single_rank_distributed_callback_matches_a_plain_fit():
 
 
 def test_issue21_checks_on_the_emulated_gpu(tmp_path, capsys):
-    "Labels checked, files round-tripped, integer input cast and TerminateOnNaN on a (chapter 12b emulated) GPU."
+    "Labels checked, files round-tripped, integer input cast and TerminateOnNaN on a (chapter 32 emulated) GPU."
     from neuralbook import cuda_emu
     if cuda_emu.compiler() is None: pytest.skip("no C++ compiler for the emulated GPU")
     X = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Chapter 11d: Keras MultiHeadAttention and LayerNormalization against Keras 3 (torch backend) on copied weights —
+"""Chapter 41: Keras MultiHeadAttention and LayerNormalization against Keras 3 (torch backend) on copied weights —
 forward at 1e-5 in float32, gradients w.r.t. inputs and weights —, float64 gradient checks, masks from the inputs,
 symbolic models with static options, .keras round trips, and bad input."""
 import os

@@ -1,4 +1,4 @@
-"""Chapter 11c: Keras convolution layers — channels-last ops and layers on chapter 11's Functions. PyTorch oracles
+"""Chapter 40: Keras convolution layers — channels-last ops and layers on chapter 12's Functions. PyTorch oracles
 (with TensorFlow's 'same' padding written out independently), float64 gradient checks, output shapes and
 summary() against hand-computed numbers, Keras' batch-norm conventions, save/load round trips and bad input."""
 import math
@@ -470,7 +470,7 @@ def test_bad_arguments_and_sizes():
         L.BatchNormalization(axis=[1, 2])
 
 
-# -- 1-D layers (chapter 11c: Conv1D, pooling over steps) against Keras 3 on its torch backend --
+# -- 1-D layers (chapter 40: Conv1D, pooling over steps) against Keras 3 on its torch backend --
 
 def _keras3():
     import os

@@ -1,4 +1,4 @@
-"""Keras Conv2DTranspose (chapter 11c) against Keras 3 on copied kernels: output sizes for 'valid'/'same', explicit
+"""Keras Conv2DTranspose (chapter 40) against Keras 3 on copied kernels: output sizes for 'valid'/'same', explicit
 output_padding, strides, dilation, both data formats; input and kernel gradients; float64 gradcheck; save/load."""
 import os
 

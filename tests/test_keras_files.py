@@ -1,4 +1,4 @@
-"""Keras files meet chapter 08c (issue 21): a table of bad `.keras` archives and weights files (one row per probe: how
+"""Keras files meet chapter 30 (issue 21): a table of bad `.keras` archives and weights files (one row per probe: how
 to make it, the call, the expected exception and a fragment of its message), the digest and its `verify=False`
 escape, and a zip bomb refused under a memory cap."""
 import json
@@ -16,7 +16,7 @@ from neuralbook import keras
 from neuralbook.io import safetensors_bytes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_io import flip, zeros_deflate, zip_with_member  # chapter 08c's bad-file makers
+from test_io import flip, zeros_deflate, zip_with_member  # chapter 30's bad-file makers
 
 
 def tiny():

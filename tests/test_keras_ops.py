@@ -1,4 +1,4 @@
-"""Issue 20: `keras.ops` over neuralbook tensors (chapter 10b). One table drives every check: each op on the same
+"""Issue 20: `keras.ops` over neuralbook tensors (chapter 37). One table drives every check: each op on the same
 inputs against Keras 3's own `keras.ops` (torch backend) where Keras is installed — values at 1e-5 and the result's
 dtype —, and a float64 `nb.gradcheck` for the differentiable ones. Bad input names the op, the shapes and the fix."""
 import os

@@ -1,4 +1,4 @@
-"""Chapter 11d: Keras recurrent layers (SimpleRNN, LSTM, GRU, Bidirectional, TimeDistributed) against Keras 3 (torch
+"""Chapter 41: Keras recurrent layers (SimpleRNN, LSTM, GRU, Bidirectional, TimeDistributed) against Keras 3 (torch
 backend) on copied weights — forward at 1e-5 in float32 and gradients w.r.t. inputs and weights —, float64 gradient
 checks, masks in symbolic models, .keras round trips, and bad input."""
 import os
@@ -245,7 +245,7 @@ def test_bad_input():
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
 def test_layers_on_cuda_match_cpu(cp, name):
-    "The Keras layers on the GPU (real, or chapter 12b's emulated one): same outputs and gradients as on the CPU."
+    "The Keras layers on the GPU (real, or chapter 32's emulated one): same outputs and gradients as on the CPU."
     from neuralbook.keras.layers.attention import MultiHeadAttention
     res = {}
     for device in ("cpu", "cuda"):

@@ -238,7 +238,7 @@ def test_unsaveable_config_is_refused(tmp_path):
 
 
 def test_custom_steps_and_masks_on_the_emulated_gpu():
-    "A custom train_step (GradientTape, optimizer.apply, metrics) and a masked model on chapter 12b's emulated GPU."
+    "A custom train_step (GradientTape, optimizer.apply, metrics) and a masked model on chapter 32's emulated GPU."
     from neuralbook import cuda_emu
     if cuda_emu.compiler() is None: pytest.skip("no C++ compiler for the emulated GPU")
 

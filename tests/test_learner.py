@@ -1,4 +1,4 @@
-"""Chapter 09: the Learner's loop, callback events, order and cancellation, the built-in callbacks, atomic files,
+"""Chapter 10: the Learner's loop, callback events, order and cancellation, the built-in callbacks, atomic files,
 reproducibility and the digits done-when (≥ 96 % test accuracy in < 20 s)."""
 import csv
 import io
@@ -676,7 +676,7 @@ def test_checkpoint_survives_a_crash_half_way(tmp_path, monkeypatch):
     def dies_half_way(f, blob):
         f.write(blob[: len(blob) // 2]); f.flush()
         raise OSError("disk full (simulated)")
-    monkeypatch.setattr(nio, "_write_blob", dies_half_way)  # the writer moved to chapter 08c's neuralbook.io
+    monkeypatch.setattr(nio, "_write_blob", dies_half_way)  # the writer moved to chapter 30's neuralbook.io
     with pytest.raises(OSError, match="disk full"):
         learn.fit(3, start_epoch=1)  # train_loss improves at epoch 1: the checkpoint write dies half-way
     assert path.read_bytes() == before and same_weights(load_safetensors(path)[0], w_before)
@@ -866,7 +866,7 @@ def test_learner_load_verifies_the_digest_and_old_files_need_verify_false(tmp_pa
                                          r"match the SHA-256 digest"):
         fresh.load(p)
     assert same_weights(weights(fresh.model), before)
-    from safetensors.numpy import save                            # what Learner.save wrote before chapter 08c
+    from safetensors.numpy import save                            # what Learner.save wrote before chapter 30
     old = tmp_path / "old.safetensors"
     old.write_bytes(save({k: v for k, v in weights(learn.model).items()}, metadata={"neuralbook": '{"epoch": 4}'}))
     with pytest.raises(ValueError, match=r"has no digest .*verify=False"):

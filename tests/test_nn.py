@@ -172,7 +172,7 @@ def test_flatten_identity_sequential_indexing():
 
 
 def test_new_activation_modules_are_chapter_02_functions_with_gradients():
-    from neuralbook.tensor_methods import F as chapter02   # chapter 02's module (99 rebinds F.softplus, see report)
+    from neuralbook.tensor_methods import F as chapter02   # chapter 03's module (99 rebinds F.softplus, see report)
     pts = np.linspace(-3, 3, 6)   # (no point at SELU's kink, 0)
     x = nb.tensor(pts, requires_grad=True)
     for mod, fn in [(nn.SiLU(), chapter02.silu), (nn.SELU(), chapter02.selu), (nn.Mish(), chapter02.mish),
@@ -183,7 +183,7 @@ def test_new_activation_modules_are_chapter_02_functions_with_gradients():
 
 
 def test_trunc_normal_bounds_and_moments():
-    "nn.init.trunc_normal_ (PyTorch's absolute bounds) and the Keras truncated normal share chapter 03's sampler."
+    "nn.init.trunc_normal_ (PyTorch's absolute bounds) and the Keras truncated normal share chapter 04's sampler."
     from neuralbook import nn
     from neuralbook.backend import Generator
     t = nn.Parameter(np.zeros((200, 300), np.float32))

@@ -1,4 +1,4 @@
-"""Batch and layer normalisation (chapter 11b): training statistics, running-statistics updates and evaluation
+"""Batch and layer normalisation (chapter 13): training statistics, running-statistics updates and evaluation
 mode against PyTorch (1-d and 2-d), layer norm, float64 gradient checks, dtypes, layers and bad input."""
 import numpy as np
 import pytest

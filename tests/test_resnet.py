@@ -1,4 +1,4 @@
-"Chapter 11f: BasicBlock and ResNet against PyTorch, gradients, bad input."
+"Chapter 14: BasicBlock and ResNet against PyTorch, gradients, bad input."
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Chapter 14: RNN, LSTM, GRU (and their one-step cells) against PyTorch (weights copied in, float64, forward and every gradient), gradient
+"""Chapter 16: RNN, LSTM, GRU (and their one-step cells) against PyTorch (weights copied in, float64, forward and every gradient), gradient
 checks of the fused cells, variable-length batches against packed sequences, dropout, bad input, the emulated GPU."""
 import itertools
 
@@ -239,7 +239,7 @@ def test_bad_input():
 
 
 # ---------------------------------------------------------------- GPU: emulated (CI) and real
-# `cp` (a real GPU, or chapter 12b's emulated one): the fixture in tests/conftest.py
+# `cp` (a real GPU, or chapter 32's emulated one): the fixture in tests/conftest.py
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])

@@ -1,4 +1,4 @@
-"""Chapter 19: MFCC pieces against closed forms and SciPy, the spoken-digit loader and pad_sequences."""
+"""Chapter 26: MFCC pieces against closed forms and SciPy, the spoken-digit loader and pad_sequences."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Issue 20: PyTorch's tensor protocol on neuralbook tensors (chapter 02b, `neuralbook.tensor_methods`) — element-wise
+"""Issue 20: PyTorch's tensor protocol on neuralbook tensors (chapter 03b, `neuralbook.tensor_methods`) — element-wise
 `==`/`!=`, hashing by identity, conversions to Python numbers, `__format__`, dtype casts, `.size()`, factories and
 dtype names — each checked against PyTorch where it is installed."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""Chapter 17: WordPiece taught and checked against the tokenizers library; the Tokenizer wrapper's batches, edges and
+"""Chapter 23: WordPiece taught and checked against the tokenizers library; the Tokenizer wrapper's batches, edges and
 bad input; the offline labelled text (census names, CSV)."""
 import importlib.util
 import warnings

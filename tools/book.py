@@ -1,4 +1,4 @@
-"""Build the neuralbook website from nbs/*.ipynb with their STORED outputs (nothing is re-executed).
+"""Build the neuralbook website from nbs/PART/*.ipynb with their STORED outputs (nothing is re-executed).
 
     python tools/book.py build                # writes _docs/ (git-ignored); prints the time it took
     python tools/book.py serve [--port 8000]  # builds, then serves _docs/ on http://127.0.0.1:8000 for reading
@@ -9,7 +9,8 @@ fetches its theme at build time. MkDocs builds offline, renders the notebooks' s
 gives a sidebar, a per-page table of contents, previous/next links and a client-side search box.
 
 What the build does with each notebook (a copy under the work folder; nbs/ is never touched):
-  * chapters are every `nbs/*.ipynb` (index first, then sorted by name); the nav title is the notebook's first `# `;
+  * chapters are every `nbs/PART/*.ipynb` (index first, then the parts in order, each sorted by name); the nav has
+    one section per part, and a chapter's title is the notebook's first `# `;
   * nbdev directive lines (`#| export`, ...) are dropped from code cells, `#| hide` cells are dropped;
   * links between notebooks (`02_functional.ipynb#x`) are pointed at the rendered pages (`02_functional.html#x`);
   * a chapter with `#| default_exp mod` gets an "API reference" section: signature and docstring of every public
@@ -70,10 +71,22 @@ def _src(cell) -> str:
     return "".join(s) if isinstance(s, list) else s
 
 
+# the book's parts are the sub-folders of nbs/, in learning order (issue 19); a chapter's page is NAME.html at the top
+PART_TITLES = {"1_learning": "I · Learning from scratch", "2_architectures": "II · Architectures",
+               "3_large_models": "III · Large models and applications", "4_engineering": "IV · Engineering",
+               "5_keras": "V · The Keras API, layer by layer"}
+
+
+def part_title(folder: str) -> str:
+    return PART_TITLES.get(folder) or folder.split("_", 1)[-1].replace("_", " ").capitalize()
+
+
 def chapters(nbs: Path = NBS) -> list[Path]:
-    """Every notebook of the book, discovered from `nbs/`: the front page first, then the chapters by name."""
-    found = sorted(p for p in Path(nbs).glob("*.ipynb") if p.name != "index.ipynb")
-    index = Path(nbs) / "index.ipynb"
+    """Every notebook of the book, discovered from `nbs/`: the front page first, then each part's chapters by name
+    (parts are the folders `nbs/N_name/`, in the order of N; a notebook directly in `nbs/` comes after them)."""
+    nbs = Path(nbs)
+    found = sorted(nbs.glob("[0-9]*_*/*.ipynb")) + sorted(p for p in nbs.glob("*.ipynb") if p.name != "index.ipynb")
+    index = nbs / "index.ipynb"
     return ([index] if index.exists() else []) + found
 
 
@@ -220,7 +233,8 @@ def prepare(nb_path: Path, pages: dict[str, str], toc: list[tuple[str, str]]) ->
     the API reference appended (chapters) or the list of chapters appended (front page)."""
     nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
     cells = []
-    link = re.compile(r"(\]\(|href=[\"'])([\w.-]+)\.ipynb(?=[#)\"'])")
+    link = re.compile(r"(\]\(|href=[\"'])(?:\.\./[\w.-]+/|\.\./|[\w.-]+/)?([\w.-]+)\.ipynb(?=[#)\"'])")
+    image = re.compile(r"(\]\(|src=[\"'])(?:\.\./)+(images/)")  # pages sit at the top, next to images/
     for c in nb["cells"]:
         c = copy.deepcopy(c)
         if c["cell_type"] == "code":
@@ -232,13 +246,21 @@ def prepare(nb_path: Path, pages: dict[str, str], toc: list[tuple[str, str]]) ->
             lines = [l for l in _src(c).splitlines() if not DIRECTIVE.match(l)]
             c["source"] = "\n".join(lines).strip("\n")
         elif c["cell_type"] == "markdown":
-            c["source"] = link.sub(lambda m: m.group(1) + pages.get(m.group(2), m.group(2) + ".ipynb")
-                                   if m.group(2) in pages else m.group(0), join_math_lines(_src(c)))
+            c["source"] = image.sub(r"\1\2", link.sub(lambda m: m.group(1) + pages[m.group(2)]
+                                                    if m.group(2) in pages else m.group(0), join_math_lines(_src(c))))
         cells.append(c)
     mod = default_exp(nb)
     if Path(nb_path).name == "index.ipynb":
-        rows = "\n".join(f"- [{t}]({u})" for t, u in toc if u != "index.html")
-        cells.append(_md_cell("## Read the book\n\nEvery chapter of this build, in order:\n\n" + rows + "\n"))
+        rows, part = [], None
+        for entry in toc:
+            title, url, folder = (*entry, None)[:3]
+            if url == "index.html":
+                continue
+            if folder and folder != part:
+                part = folder
+                rows.append(f"\n**{part_title(folder)}**\n")
+            rows.append(f"- [{title}]({url})")
+        cells.append(_md_cell("## Read the book\n\nEvery chapter of this build, in order:\n\n" + "\n".join(rows) + "\n"))
     elif mod is not None:
         cells.append(_md_cell(api_markdown(mod, exported_names(nb))))
     nb["cells"] = cells
@@ -290,11 +312,18 @@ def build(out: Path = ROOT / "_docs", work: Path = ROOT / "_book_build", nbs: Pa
         raise SystemExit(f"no notebooks in {nbs}")
     raw = {p: json.loads(p.read_text(encoding="utf-8")) for p in books}
     pages = {p.stem: p.stem + ".html" for p in books}
-    toc = [(title_of(raw[p], p.stem), pages[p.stem]) for p in books]
-    nav = []
-    for p, (title, _) in zip(books, toc):
+    toc = [(title_of(raw[p], p.stem), pages[p.stem], None if p.parent == nbs else p.parent.name) for p in books]
+    nav, sections = [], {}
+    for p, (title, *_) in zip(books, toc):
         (docs / p.name).write_text(json.dumps(prepare(p, pages, toc), indent=1), encoding="utf-8")
-        nav.append({("Home" if p.name == "index.ipynb" else title): p.name})
+        entry = {("Home" if p.name == "index.ipynb" else title): p.name}
+        if p.parent == nbs:
+            nav.append(entry)
+        else:  # one nav section per part
+            if p.parent.name not in sections:
+                sections[p.parent.name] = []
+                nav.append({part_title(p.parent.name): sections[p.parent.name]})
+            sections[p.parent.name].append(entry)
     for d in sorted(x for x in nbs.iterdir() if x.is_dir() and x.name in ("images", "figures", "img", "assets")):
         shutil.copytree(d, docs / d.name)  # pictures a markdown cell links to
     shutil.copytree(mathjax_dir(), docs / "mathjax", ignore=shutil.ignore_patterns("*.md", "LICENSE*"))

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Build chapters: (convert) -> execute with a real kernel -> nbdev-clean -> nbdev-export.
 
-    python tools/build_nb.py nbs/03_nn.ipynb            # re-execute a notebook in place
-    python tools/build_nb.py nbs/_src/03_nn.py           # jupytext percent source -> nbs/03_nn.ipynb, then as above
-    python tools/build_nb.py --all                       # every chapter in nbs/
+    python tools/build_nb.py nbs/1_learning/04_nn.ipynb    # re-execute a notebook in place
+    python tools/build_nb.py nbs/_src/1_learning/04_nn.py  # jupytext percent source -> nbs/1_learning/04_nn.ipynb, then as above
+    python tools/build_nb.py --all                         # every chapter in nbs/
 
 Stored outputs are what nbval checks, so they must come from a real kernel (never `nbdev-test --save`).
 Cells nbval skips (`#| eval: false`, `#| slow`, `#| cuda`) are not executed here either; their outputs are cleared.
-To edit a committed chapter as text: `jupytext --to py:percent nbs/03_nn.ipynb -o nbs/_src/03_nn.py` (nbs/_src is ignored).
+To edit a committed chapter as text: `jupytext --to py:percent nbs/1_learning/04_nn.ipynb -o nbs/_src/1_learning/04_nn.py`
+(nbs/_src is ignored).
 """
 import argparse
 import subprocess
@@ -26,7 +27,12 @@ from conftest import _skip_reason  # noqa: E402  (one definition of which cells 
 def to_ipynb(path: Path) -> Path:
     if path.suffix == ".ipynb":
         return path
-    out = ROOT / "nbs" / (path.stem + ".ipynb")
+    src = ROOT / "nbs" / "_src"
+    if path.resolve().is_relative_to(src):        # nbs/_src/PART/NAME.py -> nbs/PART/NAME.ipynb
+        out = ROOT / "nbs" / path.resolve().relative_to(src).with_suffix(".ipynb")
+    else:                                          # elsewhere: the chapter of that name, in whichever part it is
+        found = [p for p in (ROOT / "nbs").rglob(path.stem + ".ipynb") if "_src" not in p.parts]
+        out = found[0] if found else ROOT / "nbs" / (path.stem + ".ipynb")
     subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--update-metadata",
                     '{"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}',
                     str(path), "-o", str(out)], check=True, capture_output=True)
@@ -53,10 +59,10 @@ def execute(path: Path, timeout: int = 600) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="*", type=Path)
-    ap.add_argument("--all", action="store_true", help="rebuild every nbs/[0-9]*.ipynb and nbs/index.ipynb")
+    ap.add_argument("--all", action="store_true", help="rebuild every nbs/PART/[0-9]*.ipynb and nbs/index.ipynb")
     ap.add_argument("--no-exec", action="store_true", help="convert, clean and export only")
     args = ap.parse_args()
-    paths = sorted((ROOT / "nbs").glob("[0-9]*.ipynb")) + [ROOT / "nbs" / "index.ipynb"] if args.all else args.paths
+    paths = sorted((ROOT / "nbs").glob("[0-9]_*/[0-9]*.ipynb")) + [ROOT / "nbs" / "index.ipynb"] if args.all else args.paths
     built = []
     for p in paths:
         if not p.exists():
