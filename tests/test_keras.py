@@ -525,7 +525,7 @@ def test_batch_begin_callbacks_are_called():
 def test_fit_batches_are_the_dataloaders(monkeypatch):
     "fit's loader yields the DataLoader's batches (same permutations of the generator); batches are copies."
     from neuralbook.data import DataLoader, TensorDataset
-    from neuralbook.keras.trainers.data_adapter import _Batches
+    from neuralbook.keras.trainers.data_adapter import _array_loader
     import neuralbook.data as D
     X = np.arange(46 * 3, dtype=np.float32).reshape(46, 3)
     y = np.arange(46)
@@ -533,16 +533,16 @@ def test_fit_batches_are_the_dataloaders(monkeypatch):
         for small in (True, False):
             monkeypatch.setattr(D, "_GATHER_EPOCH_BYTES", 1 << 20 if small else 0)   # whole-epoch or per-batch gather
             nb.manual_seed(3)
-            ours = [[t.numpy() for t in b] for _ in range(2) for b in _Batches([X, y], 10, shuffle, "fit")]
+            ours = [[t.numpy() for t in b] for _ in range(2) for b in _array_loader([X, y], 10, shuffle, "fit")]
             nb.manual_seed(3)
             dl = DataLoader(TensorDataset(X, y), batch_size=10, shuffle=shuffle)
             ref = [[t.numpy() for t in b] for _ in range(2) for b in dl]
             assert len(ours) == len(ref) == 10
             assert all(np.array_equal(a, b) for o, r in zip(ours, ref) for a, b in zip(o, r))
-    first = next(iter(_Batches([X, y], 10, False, "fit")))
+    first = next(iter(_array_loader([X, y], 10, False, "fit")))
     assert not np.shares_memory(first[0].data, X)             # a copy (chapter 06): training cannot alias the data
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
-        _Batches([X, y], 0, False, "fit")
+        _array_loader([X, y], 0, False, "fit")
     m = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
     m.compile("adam", "mse")
     with pytest.raises(TypeError, match="fit: batch_size must be a positive int, got 2.5"):

@@ -24,7 +24,7 @@ from ..losses import _get_loss
 from ..metrics import _get_metric
 from ..optimizers import _get_optimizer
 from .compile_utils import _COMPILE_IGNORED, _ForwardOutputs, _LossPlan, _MetricSet, _per_output
-from .data_adapter import _Batches, _structured_items
+from .data_adapter import _array_loader, _structured_items
 from .steps import (CustomLoop, GradientTape, MetricsMixin, StepMixin, _array_source,
                                             unpack_x_y_sample_weight)
 
@@ -332,7 +332,7 @@ class FitMixin:
                                      f"{n - split} validation samples out of {n}; both need at least one")
                 validation_data = ([a[split:] for a in xs], [a[split:] for a in ys])
                 xs, ys = [a[:split] for a in xs], [a[:split] for a in ys]
-            train_dl = _Batches(xs + ys, batch_size, shuffle, "fit")
+            train_dl = _array_loader(xs + ys, batch_size, shuffle, "fit")
         valid_dl = None
         if validation_data is not None:
             if isinstance(validation_data, DataLoader): valid_dl = validation_data
@@ -340,7 +340,7 @@ class FitMixin:
                 if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                     raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or a DataLoader")
                 vx, vy = self._prepare(*validation_data, "fit (validation_data)")
-                valid_dl = _Batches(vx + vy, validation_batch_size or batch_size, False, "fit")
+                valid_dl = _array_loader(vx + vy, validation_batch_size or batch_size, False, "fit")
         self.history = History()
         cbs, learner_cbs = _split_callbacks(callbacks)
         cbs.append(self.history)
@@ -381,7 +381,7 @@ class PredictMixin:
             vals = list(out.values())
             return vals[0] if len(vals) == 1 else vals
         xs, ys = self._prepare(x, y, "evaluate")
-        dl = _Batches(xs + ys, batch_size or 32, False, "evaluate")
+        dl = _array_loader(xs + ys, batch_size or 32, False, "evaluate")
         t0 = time.perf_counter()
         learn = self._learner(None, dl, len(xs))
         bridge = learn.keras

@@ -21,7 +21,6 @@ def _array_loader(arrays, batch_size, shuffle: bool, who: str) -> DataLoader:
             f"{who}: batch_size must be a positive int, got {batch_size!r}")
     return DataLoader(TensorDataset(*arrays), batch_size=int(batch_size), shuffle=bool(shuffle))
 
-_Batches = _array_loader   # the name the trainer (10c.7) imported before the loader moved down into chapter 06
 
 # %% ../../../nbs/5_keras/38_keras_6_data_adapter.ipynb #4e92e3a6
 def _structured_items(self, data, who, what, n):

@@ -16,7 +16,7 @@ from ...data import DataLoader
 from ..backend import _flatten, _raw
 from ..callbacks import History
 from .compile_utils import _MetricSet
-from .data_adapter import _Batches
+from .data_adapter import _array_loader
 
 # %% auto #0
 __all__ = ['GradientTape', 'unpack_x_y_sample_weight', 'CompileLoss', 'CompileMetrics', 'StepMixin', 'MetricsMixin', 'CustomLoop']
@@ -173,7 +173,7 @@ def _floats(logs) -> dict:
 
 def _array_source(xs, ys, batch_size, who, shuffle=False):
     "Arrays as a source of batches: (loader, number of inputs, has targets)."
-    return _Batches(xs + (ys or []), batch_size, shuffle, who), len(xs), ys is not None
+    return _array_loader(xs + (ys or []), batch_size, shuffle, who), len(xs), ys is not None
 
 def _batch_data(batch, n_x, has_y, device=None):
     """A loader's tuple of tensors as Keras' data: x (or a list of inputs), then y (or a list), as a tuple; on the
@@ -263,7 +263,7 @@ class CustomLoop:
         return logs
 
     def _custom_predict(self, xs, batch_size, cbs):
-        dl, outs = _Batches(xs, batch_size, False, "predict"), []
+        dl, outs = _array_loader(xs, batch_size, False, "predict"), []
         _cb(cbs, "on_predict_begin", {})
         with no_grad():
             for step, batch in enumerate(dl):
