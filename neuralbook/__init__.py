@@ -55,6 +55,8 @@ nn.NLLLoss = losses.NLLLoss
 nn.BCELoss = losses.BCELoss
 nn.BCEWithLogitsLoss = losses.BCEWithLogitsLoss
 nn.KLDivLoss = losses.KLDivLoss
+
+# %% ../nbs/4_engineering/99_package.ipynb #6207c08b
 # functional <- regularization
 functional.dropout = regularization.dropout
 # nn <- regularization
@@ -93,6 +95,8 @@ functional.layer_norm = norm.layer_norm
 nn.BatchNorm1d = norm.BatchNorm1d
 nn.BatchNorm2d = norm.BatchNorm2d
 nn.LayerNorm = norm.LayerNorm
+
+# %% ../nbs/4_engineering/99_package.ipynb #94a06219
 # nn <- rnn
 nn.RNN = rnn.RNN
 nn.LSTM = rnn.LSTM
@@ -113,6 +117,7 @@ nn.LearnedPositionalEncoding = attention.LearnedPositionalEncoding
 # functional <- cuda
 functional.linear_act = cuda.linear_act
 
+# %% ../nbs/4_engineering/99_package.ipynb #bacdbf15
 # PyTorch's spellings (issue 20), so that `import neuralbook as torch` runs PyTorch programs
 from . import tensor_methods  # chapter 03b: Tensor methods and PyTorch's protocol (functional imports it too)
 from .tensor_methods import arange, full, ones, rand, randn, zeros
