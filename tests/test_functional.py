@@ -310,3 +310,11 @@ def test_losses_softplus_is_the_functional_one():
     from neuralbook import losses
     x = nb.tensor(np.linspace(-4, 4, 9))
     np.testing.assert_array_equal(losses.softplus(x).numpy(), F.softplus(x).numpy())
+
+
+def test_activations_module_is_reexported_by_functional():
+    "chapter 03a's module: F.relu is activations.relu, and F.__all__ still lists every activation (GPU op table)."
+    from neuralbook import activations
+    for name in activations.__all__:
+        assert getattr(F, name) is getattr(activations, name), name
+        assert name in F.__all__, name
