@@ -197,3 +197,53 @@ def test_trunc_normal_bounds_and_moments():
     from neuralbook.keras.initializers import TruncatedNormal
     k = TruncatedNormal(mean=0.0, stddev=1.0, seed=3)((1000, 50))
     assert np.abs(k).max() <= 2.0 and np.array_equal(k, TruncatedNormal(mean=0.0, stddev=1.0, seed=3)((1000, 50)))
+
+
+def test_module_is_built_in_stages_without_patching():
+    "Chapter 04 grows Module in stages (issue 12): each public method lives in exactly one class body of the MRO."
+    from neuralbook.nn import _ModuleBase, _ModuleLoading, _ModuleModes, _ModuleRegistry, _ModuleState, _ModuleTraversal
+    stages = [nn.Module, _ModuleLoading, _ModuleState, _ModuleModes, _ModuleTraversal, _ModuleRegistry, _ModuleBase]
+    assert list(nn.Module.__mro__[:len(stages)]) == stages
+    names = ["__setattr__", "register_buffer", "named_parameters", "train", "to", "state_dict", "load_state_dict",
+             "register_forward_hook", "__call__", "__repr__"]
+    for name in names:
+        owners = [c.__name__ for c in stages if name in vars(c)]
+        assert len(owners) == 1, (name, owners)
+        assert getattr(nn.Module, name).__module__ == "neuralbook.nn"
+    assert isinstance(nn.Linear(2, 2), _ModuleBase)
+
+
+def test_buffers_submodules_hooks_and_apply():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("count", np.zeros(1))
+            self.register_buffer("cache", np.zeros(3), persistent=False)
+        def forward(self, x): return self.lin(x)
+    net = Net()
+    assert list(net.state_dict()) == ["count", "lin.weight", "lin.bias"]      # module by module, as PyTorch
+    assert "cache" not in net.state_dict() and [n for n, _ in net.named_buffers()] == ["count", "cache"]
+    net.count = np.ones(1)                                   # assigning to a buffer keeps it a buffer
+    assert isinstance(net.count, nb.Tensor) and "count" in net._buffers
+    seen = []
+    remove = net.lin.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape)))
+    net(np.ones((3, 2), np.float32)); remove(); net(np.ones((1, 2), np.float32))
+    assert seen == [(3, 2)]
+    order = []
+    net.apply(lambda m: order.append(type(m).__name__))
+    assert order == ["Linear", "Net"]
+    del net.lin
+    assert list(net.parameters()) == [] and not hasattr(net, "lin")
+    shared = nn.Linear(2, 2)
+    tree = nn.Sequential(shared, nn.Sequential(shared))
+    assert [n for n, _ in tree.named_modules()] == ["", "0", "1"]
+
+
+def test_embedding_lookup_and_gradient_of_repeated_ids():
+    emb = nn.Embedding(5, 3)
+    ids = np.array([[1, 1, 4]])
+    out = emb(ids)
+    assert out.shape == (1, 3, 3) and np.array_equal(out.numpy()[0, 2], emb.weight.numpy()[4])
+    out.sum().backward()
+    assert np.array_equal(emb.weight.grad.numpy()[:, 0], [0, 2, 0, 0, 1])   # id 1 twice: gradients add up
