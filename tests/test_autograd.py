@@ -235,3 +235,62 @@ def test_reflected_operators_with_arrays():
     assert isinstance(y, nb.Tensor)
     y.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [2.0, 3.0])
+
+
+def test_gradient_tools_live_in_gradients_and_are_reexported():
+    import neuralbook.autograd as ag
+    import neuralbook.gradients as gr
+    from neuralbook.autograd import GradcheckError, grad, gradcheck, gradgradcheck
+    assert (gradcheck, gradgradcheck, grad, GradcheckError) == (gr.gradcheck, gr.gradgradcheck, gr.grad, gr.GradcheckError)
+    assert nb.gradcheck is gr.gradcheck and nb.grad is gr.grad and ag.gradcheck is gr.gradcheck
+    assert issubclass(nb.GradcheckError, RuntimeError)
+
+
+def test_gradgradcheck_catches_a_backward_that_leaves_the_graph():
+    class SquareNumpy(nb.Function):  # right to first order, but np.asarray drops the second derivative
+        def forward(self, x):
+            return x * x
+
+        def backward(self, gy):
+            return gy * 2 * np.asarray(self.xs[0])
+
+    x = np.array([0.5, -1.0])
+    assert nb.gradcheck(lambda t: SquareNumpy()(t), x)
+    with pytest.raises(nb.GradcheckError, match=r"input 0 \(shape \(2,\)\)"):
+        nb.gradgradcheck(lambda t: SquareNumpy()(t), x)
+    assert nb.gradgradcheck(lambda t: t * t * t, x)
+
+
+def test_grad_returns_gradients_and_leaves_dot_grad_alone():
+    x = nb.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    x.grad = nb.tensor(np.array([7.0, 7.0]))
+    (g,) = nb.grad((x * x * x).sum(), [x], create_graph=True)
+    np.testing.assert_allclose(g.numpy(), [3.0, 12.0])
+    np.testing.assert_array_equal(x.grad.numpy(), [7.0, 7.0])
+    (gg,) = nb.grad(g.sum(), [x])
+    np.testing.assert_allclose(gg.numpy(), [6.0, 12.0])
+
+
+def test_input_stubs_free_large_intermediate_inputs_of_ops_that_keep_only_outputs():
+    from neuralbook.autograd import Exp, _STUB_BYTES
+    x = nb.tensor(np.full((256, 256), 0.5), requires_grad=True)   # 512 kB > _STUB_BYTES
+    assert x.data.nbytes > _STUB_BYTES
+    m = x * 2.0
+    y = Exp()(m)
+    stub = y.creator.inputs[0]
+    assert stub is not m and stub.creator is m.creator and stub.shape == m.shape and stub.data.strides == (0, 0)
+    assert Exp()(x).creator.inputs[0] is x   # a leaf is kept: it lives on anyway
+    y.backward(np.ones(y.shape))
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.exp(1.0))
+
+
+def test_function_records_generations_and_no_grad_records_nothing():
+    x = nb.tensor([2.0], requires_grad=True)
+    y = x * 3.0
+    z = y * y + x
+    assert (y.creator.generation, z.creator.generation) == (1, 3)
+    assert z.creator.inputs[1] is x and tuple(y.creator.needs_input_grad) == (True, False)
+    with nb.no_grad():
+        w = x * 3.0
+    assert w.creator is None and not w.requires_grad
+    assert isinstance(nb.Function.__call__(nb.autograd.Mul(), np.ones(2), 2.0), np.ndarray)  # arrays in, arrays out
