@@ -971,3 +971,30 @@ def test_learner_accuracy_is_chapter_07s_accuracy_score(monkeypatch):
     monkeypatch.setattr(L, "accuracy_score", lambda t, p: calls.append(1) or real(t, p))
     assert L.accuracy([0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]) == pytest.approx(2 / 3) and calls == [1]
     assert L.METRICS["accuracy"] is L.accuracy
+
+
+def test_learner_is_assembled_from_one_idea_parts_with_its_public_signature():
+    "Issue 19: the Learner is split into mixins (one per notebook cell); its constructor and methods keep their API."
+    import inspect
+    parts = {c.__name__ for c in Learner.__mro__[1:-1]}
+    assert {"_Setup", "_Callbacks", "_Events", "_Batch", "_Step", "_Phases", "_Checks", "_Fit", "_Validate",
+            "_Predict", "_Saving"} <= parts
+    assert list(inspect.signature(Learner).parameters) == [
+        "model", "loss_fn", "optimizer", "train_dl", "valid_dl", "metrics", "callbacks", "device", "n_inp",
+        "check_inputs"]
+    for name in ("fit", "validate", "predict", "save", "load", "lr_find", "add_cb", "add_cbs", "remove_cbs"):
+        assert callable(getattr(Learner, name)), name
+    assert list(inspect.signature(Learner.fit).parameters) == ["self", "epochs", "lr", "start_epoch", "callbacks"]
+
+
+def test_recorder_plots_through_module_functions():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    learn = tiny(metrics=["accuracy"])
+    learn.fit(2)
+    axes = learn.recorder.plot(logy=True)
+    assert len(axes) == 2 and axes[0].get_yscale() == "log"
+    ax = learn.recorder.plot_lr()
+    assert len(ax.lines[0].get_ydata()) == len(learn.recorder.lrs) == 2 * len(learn.train_dl)
+    plt.close("all")
