@@ -585,3 +585,12 @@ def test_adam_foreach_state_is_views_into_flat_buffers():
     assert flat.m.shape == (10,) and np.shares_memory(opt.state[ps[0]]["exp_avg"], flat.m)
     assert opt.state[ps[1]]["exp_avg_sq"].shape == (4,)
     np.testing.assert_allclose(ps[0].numpy(), 1 - 0.1, rtol=1e-6)                # Adam's first step has length lr
+
+
+def test_adam_group_step_is_in_the_class_body():
+    "Issue 12: Adam's flat-buffer group step is a method of its class body (found by grep and IDEs), not patched on."
+    import inspect
+    from neuralbook.optim import Adam, AdamW
+    assert "_step_group" in Adam.__dict__ and "FOREACH_MAX" in Adam.__dict__
+    assert "def _step_group" in inspect.getsource(Adam)
+    assert AdamW._step_group is Adam._step_group
