@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['check_logaddexp', 'check_torch_to_keras', 'check_torch_gru_to_keras']
 
-# %% ../../nbs/5_keras/solutions_5.ipynb #76368efc
+# %% ../../nbs/5_keras/solutions_5.ipynb #ed18051c
 import numpy as np
 from ..autograd import GradcheckError, gradcheck
 
@@ -21,7 +21,7 @@ def check_logaddexp(logaddexp):
         raise AssertionError(f"the values agree but the gradients do not: {e}") from None
     return "logaddexp: stable, gradients check"
 
-# %% ../../nbs/5_keras/solutions_5.ipynb #eac4e051
+# %% ../../nbs/5_keras/solutions_5.ipynb #2493f08c
 import numpy as np
 import neuralbook as nb
 from ..attention import MultiheadAttention
@@ -43,7 +43,7 @@ def check_torch_to_keras(torch_to_keras):
     assert np.allclose(got, want, atol=1e-5), f"the outputs differ by {np.abs(got - want).max():.3g}"
     return "torch_to_keras: outputs agree"
 
-# %% ../../nbs/5_keras/solutions_5.ipynb #ccb8ab9e
+# %% ../../nbs/5_keras/solutions_5.ipynb #5f2454f9
 import numpy as np
 import neuralbook as nb
 from ..keras.layers.rnn import GRU

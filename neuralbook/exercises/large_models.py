@@ -4,7 +4,7 @@
 __all__ = ['check_fewest_pieces', 'check_max_pooling', 'check_lora_count', 'check_cutout', 'check_deltas', 'check_item_bias_step',
            'check_minimax_loss', 'check_soft_grad']
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #a8c8d089
+# %% ../../nbs/3_large_models/solutions_3.ipynb #f76b83c2
 import importlib.util
 from pathlib import Path
 from ..text import wordpiece
@@ -33,7 +33,7 @@ def check_fewest_pieces(fewest_pieces):
         assert len(p) == n, f"{w!r}: {len(p)} pieces {p}, but {n} suffice (greedy gives {wordpiece(w, vocab)})"
     return "fewest_pieces: shortest splits (greedy needs 3 pieces for 'abcd' in the toy vocabulary, the shortest 2)"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #5ac351d4
+# %% ../../nbs/3_large_models/solutions_3.ipynb #68aab125
 import numpy as np
 
 def check_max_pooling(max_pooling):
@@ -48,7 +48,7 @@ def check_max_pooling(max_pooling):
     assert np.allclose(got, want), "a padded position won the max: add -inf where the mask is 0 first"
     return "max_pooling: matches the loop"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #684cfe8c
+# %% ../../nbs/3_large_models/solutions_3.ipynb #bc7c74a1
 from ..pretrained import BertConfig, BertModel, add_lora
 
 def check_lora_count(lora_count):
@@ -62,7 +62,7 @@ def check_lora_count(lora_count):
                              f"(each adapted H × H matrix gets A (r, H) and B (H, r))")
     return "lora_count: matches add_lora"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #5a19b604
+# %% ../../nbs/3_large_models/solutions_3.ipynb #3a5442c4
 import numpy as np
 
 def check_cutout(cutout):
@@ -80,7 +80,7 @@ def check_cutout(cutout):
     assert x.min() == 1, "do not modify the input in place"
     return "cutout ok"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #e50600b5
+# %% ../../nbs/3_large_models/solutions_3.ipynb #d0ca8f5a
 import numpy as np
 
 def check_deltas(deltas):
@@ -95,7 +95,7 @@ def check_deltas(deltas):
     assert np.allclose(np.asarray(deltas(ramp, N=1))[0], ramp[1] / 2), "repeat the first and last frame at the edges"
     return "deltas ok"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #a9ad239b
+# %% ../../nbs/3_large_models/solutions_3.ipynb #761f6866
 import numpy as np
 
 def check_item_bias_step(item_bias_step):
@@ -113,7 +113,7 @@ def check_item_bias_step(item_bias_step):
     assert np.allclose(got, want), "item biases differ from the loop"
     return "item_bias_step: matches the loop"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #12fcf83d
+# %% ../../nbs/3_large_models/solutions_3.ipynb #86b438be
 import numpy as np
 import neuralbook as nb
 
@@ -129,7 +129,7 @@ def check_minimax_loss(minimax_generator_loss):
     assert np.allclose(a.grad.data, -1 / (1 + np.exp(-a_np)) / len(a_np)), "gradient != -sigmoid(a)/N"
     return "minimax generator loss: value and gradient agree"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #c202b8d4
+# %% ../../nbs/3_large_models/solutions_3.ipynb #e74e9fec
 import numpy as np
 import neuralbook as nb
 from ..gan import distillation_loss
