@@ -135,6 +135,7 @@ def _fused(q, k, v, mask, alive, scale, dropout_p, generator=None):
         drop = (u >= dropout_p).astype(dt) * dt.type(1.0 / (1.0 - dropout_p)) if dropout_p < 1 else xp.zeros(shape, dt)
     return SDPAFunction(scale, mask, alive, drop)(q, k, v)
 
+# %% ../nbs/2_architectures/17_attention.ipynb #e32d903b
 def _check_qkv(op, q, k, v):
     qs, ks, vs = tuple(_shape(q)), tuple(_shape(k)), tuple(_shape(v))
     if min(len(qs), len(ks), len(vs)) < 2:
@@ -150,6 +151,7 @@ def _check_qkv(op, q, k, v):
         raise ValueError(f"{op}: the batch axes of query {qs}, key {ks} and value {vs} cannot be broadcast") from None
     return batch, qs[-2], ks[-2]
 
+# %% ../nbs/2_architectures/17_attention.ipynb #93a543dc
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  generator=None):
     """softmax(Q Kᵀ/√d_k + M) V over the last two axes, as `torch.nn.functional.scaled_dot_product_attention`.

@@ -588,6 +588,7 @@ def finetune(model: str = "minilm", data: str = "names", method: str = "lora", r
     print_fn("wrote " + ", ".join(str(p) for p in files.values()))
     return {**metrics, "files": files, "model": clf}
 
+# %% ../nbs/3_large_models/24_pretrained.ipynb #5d22266c
 def finetune_command(args) -> int:
     """`neuralbook finetune minilm --data … --method … --rank …`: args carry the model name (`model` or `dataset`),
     data, method, rank, alpha (or lora_alpha; default 2·rank), epochs, lr, batch_size, seed, out, device, quiet."""
