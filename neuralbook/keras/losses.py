@@ -160,6 +160,7 @@ class _CrossentropyLoss(Loss):
         "The batch mean straight from chapter 05's fused loss, or None where the targets need Keras' conversions."
         return None
 
+# %% ../../nbs/5_keras/38_keras_1_losses.ipynb #04d8f861
 class SparseCategoricalCrossentropy(_CrossentropyLoss):
     "Cross-entropy for integer labels; probabilities in unless from_logits=True."
     _fn, _activation = staticmethod(sparse_categorical_crossentropy), "softmax"
@@ -192,6 +193,7 @@ class BinaryCrossentropy(_CrossentropyLoss):
         if t.shape == z.shape and not self.label_smoothing:    # mean over rows of row means = mean of all
             return _L.binary_cross_entropy_with_logits(z, t)
 
+# %% ../../nbs/5_keras/38_keras_1_losses.ipynb #42696ea8
 class MeanSquaredError(Loss):
     def __init__(self, name="mean_squared_error", reduction="sum_over_batch_size"): super().__init__(name, reduction)
     def call(self, y_true, y_pred): return mean_squared_error(y_true, y_pred)

@@ -65,6 +65,7 @@ class Variable:
     def __format__(self, spec): return format(float(self._v), spec) if self._v.size == 1 else format(self._v, spec)
     def __repr__(self): return f"<Variable {self.name}={self._v}>"
 
+# %% ../../nbs/5_keras/38_keras_2_metrics.ipynb #fabe1931
 class Metric:
     """A stateful metric: `update_state(y_true, y_pred)`, `result()` → float, `reset_state()`. A subclass may keep
     its state in `add_variable(shape, initializer, name)` variables, which the default `reset_state` re-initialises."""
@@ -93,6 +94,7 @@ class Metric:
     def from_config(cls, config): return cls(**config)
     def __repr__(self): return f"<{type(self).__name__} name={self.name}>"
 
+# %% ../../nbs/5_keras/38_keras_2_metrics.ipynb #d95f09c2
 def _broadcast_weights(v, sample_weight):
     "values and sample weights at one shape: weights (N,) spread over the trailing axes of values (N, ...)."
     w = _target(sample_weight, v)
@@ -121,6 +123,7 @@ class MeanMetricWrapper(Mean):
         super().update_state(_raw(self.fn(y_true, _raw(y_pred), **self._fn_kwargs)), sample_weight)
     def get_config(self): return {"name": self.name, **self._fn_kwargs}
 
+# %% ../../nbs/5_keras/38_keras_2_metrics.ipynb #a39e8a6f
 def _wrapper_class(cls_name, fn, default_name, doc, **defaults):
     def __init__(self, name=default_name, dtype=None, **kwargs):
         MeanMetricWrapper.__init__(self, fn, name=name, **{**defaults, **kwargs})

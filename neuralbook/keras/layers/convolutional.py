@@ -143,25 +143,6 @@ class Conv2D(_Spatial):
         if self.use_bias:
             self.add_weight((self.filters,), self.bias_initializer, regularizer=self.bias_regularizer, name="bias")
 
-    def compute_output_shape(self, input_shape):
-        hw, C = self._check(input_shape)
-        ks = tuple(self._parameters["kernel"].shape)
-        if C is not None and C != ks[2] * self.groups:
-            axis = -1 if self.data_format == "channels_last" else 1
-            raise ValueError(f"Input of Conv2D '{self.name}' is incompatible: the input {tuple(input_shape)} has {C} "
-                             f"channels (axis {axis}), but the layer was built for {ks[2] * self.groups}: kernel {ks}"
-                             f"{f', groups={self.groups}' if self.groups > 1 else ''}; use a new layer for these inputs")
-        out, _ = _geometry(f"Conv2D '{self.name}'", hw, self.kernel_size, self.strides, self.dilation_rate,
-                           self.padding)
-        return self._shape(input_shape[0], out, self.filters)
-
-    def pre_activation(self, x):
-        "The convolution plus bias, before the activation."
-        x = as_layer_input(x, self._parameters["kernel"], f"Conv2D '{self.name}'")   # ints cast to the kernel dtype
-        self.compute_output_shape(tuple(x.shape))
-        p = self._parameters
-        return conv(x, p["kernel"], p.get("bias"), self.strides, self.padding, self.data_format, self.dilation_rate)
-
     def call(self, x): return self.activation(self.pre_activation(x))
 
     def get_config(self):
@@ -178,6 +159,29 @@ class Conv2D(_Spatial):
     def from_config(cls, config):
         return cls(**_revive(config))
 
+# %% ../../../nbs/5_keras/40_keras_conv.ipynb #18d77763
+def _conv2d_compute_output_shape(self, input_shape):
+    hw, C = self._check(input_shape)
+    ks = tuple(self._parameters["kernel"].shape)
+    if C is not None and C != ks[2] * self.groups:
+        axis = -1 if self.data_format == "channels_last" else 1
+        raise ValueError(f"Input of Conv2D '{self.name}' is incompatible: the input {tuple(input_shape)} has {C} "
+                         f"channels (axis {axis}), but the layer was built for {ks[2] * self.groups}: kernel {ks}"
+                         f"{f', groups={self.groups}' if self.groups > 1 else ''}; use a new layer for these inputs")
+    out, _ = _geometry(f"Conv2D '{self.name}'", hw, self.kernel_size, self.strides, self.dilation_rate,
+                       self.padding)
+    return self._shape(input_shape[0], out, self.filters)
+
+def _conv2d_pre_activation(self, x):
+    "The convolution plus bias, before the activation."
+    x = as_layer_input(x, self._parameters["kernel"], f"Conv2D '{self.name}'")   # ints cast to the kernel dtype
+    self.compute_output_shape(tuple(x.shape))
+    p = self._parameters
+    return conv(x, p["kernel"], p.get("bias"), self.strides, self.padding, self.data_format, self.dilation_rate)
+
+Conv2D.compute_output_shape, Conv2D.pre_activation = _conv2d_compute_output_shape, _conv2d_pre_activation
+
+# %% ../../../nbs/5_keras/40_keras_conv.ipynb #d93e8c23
 def _revive(config):
     "A config with its initializer and regularizer dicts turned back into objects."
     c = dict(config)
@@ -281,6 +285,7 @@ def _transpose_axis(n, k, s, d, padding, output_padding):
         crop = max(pad - (output_padding > 0), 0)     # as Keras 3 places it: the padding moves one step to the end
     return crop, length
 
+# %% ../../../nbs/5_keras/40_keras_conv.ipynb #68e86afa
 class Conv2DTranspose(Conv2D):
     "Transposed 2-D convolution (upsampling): kernel (kh, kw, filters, C); Keras' 'valid'/'same' sizes."
     def __init__(self, filters, kernel_size, strides=1, padding="valid", output_padding=None, data_format=None,

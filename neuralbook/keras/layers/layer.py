@@ -452,30 +452,33 @@ class Layer(LayerConfig, Tracking, LayerCall, AddedLosses, SymbolicCall, WeightA
     def call(self, inputs):
         raise NotImplementedError(f"{type(self).__name__} must define call(inputs)")
 
-    def forward(self, inputs, *args, training=None, **kwargs):
-        if training is None:                   # inherited from an enclosing call that was given training=
-            if not _TRAINING: return self.call(inputs, *args, training=self.training, **kwargs) \
-                if self._call_takes_training else self.call(inputs, *args, **kwargs)
-            training = _TRAINING[-1]
-        if self._call_takes_training: kwargs["training"] = bool(training)
-        if not self._modules: return self.call(inputs, *args, **kwargs)
-        _TRAINING.append(bool(training))       # sublayers called without training= inherit it, as in Keras
-        try:
-            return self.call(inputs, *args, **kwargs)
-        finally:
-            _TRAINING.pop()
-
-    def __call__(self, inputs, *args, training=None, mask=None, **kwargs):
-        if (isinstance(inputs, Tensor) and self.built and not (args or kwargs or _MASKS or _ADDED or self._mask_maker)
-                and mask is None):              # the hot case (fit, predict): nothing to do
-            return Module.__call__(self, inputs, training=training)
-        return self._full_call(inputs, args, training, mask, kwargs)
-
-    def _input_device(self):
-        p = next(self.parameters(), None)
-        return p.device if p is not None else None
-
 Layer._call_takes_training = Layer._call_takes_mask = Layer._mask_maker = False
+
+# %% ../../../nbs/5_keras/36_keras_5_layer.ipynb #9acaaf6c
+def _layer_forward(self, inputs, *args, training=None, **kwargs):
+    if training is None:                   # inherited from an enclosing call that was given training=
+        if not _TRAINING: return self.call(inputs, *args, training=self.training, **kwargs) \
+            if self._call_takes_training else self.call(inputs, *args, **kwargs)
+        training = _TRAINING[-1]
+    if self._call_takes_training: kwargs["training"] = bool(training)
+    if not self._modules: return self.call(inputs, *args, **kwargs)
+    _TRAINING.append(bool(training))       # sublayers called without training= inherit it, as in Keras
+    try:
+        return self.call(inputs, *args, **kwargs)
+    finally:
+        _TRAINING.pop()
+
+def _layer_call(self, inputs, *args, training=None, mask=None, **kwargs):
+    if (isinstance(inputs, Tensor) and self.built and not (args or kwargs or _MASKS or _ADDED or self._mask_maker)
+            and mask is None):              # the hot case (fit, predict): nothing to do
+        return Module.__call__(self, inputs, training=training)
+    return self._full_call(inputs, args, training, mask, kwargs)
+
+def _layer_input_device(self):
+    p = next(self.parameters(), None)
+    return p.device if p is not None else None
+
+Layer.forward, Layer.__call__, Layer._input_device = _layer_forward, _layer_call, _layer_input_device
 
 # %% ../../../nbs/5_keras/36_keras_5_layer.ipynb #5a0d6192
 def _check_shape(shape, who):

@@ -42,31 +42,6 @@ class BatchNormalization(Layer):
         self.beta_regularizer = _get_regularizer(beta_regularizer)
         self.gamma_regularizer = _get_regularizer(gamma_regularizer)
 
-    def _channel_axis(self, shape):
-        r = len(shape)
-        if not -r <= self.axis < r:
-            raise ValueError(f"BatchNormalization '{self.name}': axis={self.axis} is out of range for an input of "
-                             f"shape {tuple(shape)}")
-        return self.axis % r
-
-    def build(self, input_shape):
-        C = input_shape[self._channel_axis(input_shape)]
-        if C is None:
-            raise ValueError(f"BatchNormalization '{self.name}': the size of axis {self.axis} must be known, got "
-                             f"input shape {tuple(input_shape)}")
-        if self.scale: self.add_weight((C,), self.gamma_initializer, regularizer=self.gamma_regularizer, name="gamma")
-        if self.center: self.add_weight((C,), self.beta_initializer, regularizer=self.beta_regularizer, name="beta")
-        self.add_weight((C,), self.moving_mean_initializer, trainable=False, name="moving_mean")
-        self.add_weight((C,), self.moving_variance_initializer, trainable=False, name="moving_variance")
-        self._ndim = len(input_shape)
-
-    def compute_output_shape(self, input_shape):
-        C = self._parameters["moving_mean"].shape[0]
-        if len(input_shape) != self._ndim or input_shape[self._channel_axis(input_shape)] not in (C, None):
-            raise ValueError(f"Input of BatchNormalization '{self.name}' is incompatible: expected a {self._ndim}-D "
-                             f"input with {C} channels on axis {self.axis}, got shape {tuple(input_shape)}")
-        return tuple(input_shape)
-
     def call(self, x, training=False):
         x = as_layer_input(x, self._parameters["moving_mean"], f"BatchNormalization '{self.name}'")
         shape = tuple(x.shape)
@@ -99,3 +74,33 @@ class BatchNormalization(Layer):
     @classmethod
     def from_config(cls, config):
         return cls(**_revive(config))
+
+# %% ../../../nbs/5_keras/40_keras_norm.ipynb #c80b9f9d
+def _batch_norm_channel_axis(self, shape):
+    r = len(shape)
+    if not -r <= self.axis < r:
+        raise ValueError(f"BatchNormalization '{self.name}': axis={self.axis} is out of range for an input of "
+                         f"shape {tuple(shape)}")
+    return self.axis % r
+
+def _batch_norm_build(self, input_shape):
+    C = input_shape[self._channel_axis(input_shape)]
+    if C is None:
+        raise ValueError(f"BatchNormalization '{self.name}': the size of axis {self.axis} must be known, got "
+                         f"input shape {tuple(input_shape)}")
+    if self.scale: self.add_weight((C,), self.gamma_initializer, regularizer=self.gamma_regularizer, name="gamma")
+    if self.center: self.add_weight((C,), self.beta_initializer, regularizer=self.beta_regularizer, name="beta")
+    self.add_weight((C,), self.moving_mean_initializer, trainable=False, name="moving_mean")
+    self.add_weight((C,), self.moving_variance_initializer, trainable=False, name="moving_variance")
+    self._ndim = len(input_shape)
+
+def _batch_norm_compute_output_shape(self, input_shape):
+    C = self._parameters["moving_mean"].shape[0]
+    if len(input_shape) != self._ndim or input_shape[self._channel_axis(input_shape)] not in (C, None):
+        raise ValueError(f"Input of BatchNormalization '{self.name}' is incompatible: expected a {self._ndim}-D "
+                         f"input with {C} channels on axis {self.axis}, got shape {tuple(input_shape)}")
+    return tuple(input_shape)
+
+BatchNormalization._channel_axis = _batch_norm_channel_axis
+BatchNormalization.build = _batch_norm_build
+BatchNormalization.compute_output_shape = _batch_norm_compute_output_shape

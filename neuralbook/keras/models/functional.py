@@ -114,41 +114,44 @@ class Functional(_GraphBuild):
                 raise ValueError(f"Input {i} ('{t.node.layer.name}') of model '{self.name}' is incompatible: "
                                  f"expected input shape {expected}, got {s}")
 
-    def _graph_steps(self, fuse=()):
-        """The forward pass compiled to steps over numbered slots (once per `fuse`): (n_slots, steps, output slots),
-        a step being (layer, argument slots (an int or a list), output slots, several outputs?, logits slot,
-        also store the activation?)."""
-        if fuse in self._graph_cache: return self._graph_cache[fuse]
-        slot = {id(t): i for i, t in enumerate(self.inputs)}
-        n, fused, logits, steps = len(slot), {id(self.outputs[i]) for i in fuse}, {}, []
-        for node in self._nodes:
-            if isinstance(node.layer, InputLayer): continue
-            args = _map(lambda t: slot[id(t)], node.inputs)
-            outs = []
-            for t in node.flat_outputs: slot[id(t)], n = n, n + 1; outs.append(slot[id(t)])
-            out, z = node.flat_outputs[0], None
-            if id(out) in fused: logits[id(out)], z, n = n, n, n + 1
-            steps.append((node.layer, args, outs, not isinstance(node.outputs, KerasTensor), z,
-                          id(out) in self._consumed))
-        compiled = n, steps, [logits[id(t)] if id(t) in fused else slot[id(t)] for t in self.outputs]
-        self._graph_cache[fuse] = compiled
-        return compiled
+# %% ../../../nbs/5_keras/39_keras_1_functional.ipynb #362e2120
+def _functional_graph_steps(self, fuse=()):
+    """The forward pass compiled to steps over numbered slots (once per `fuse`): (n_slots, steps, output slots),
+    a step being (layer, argument slots (an int or a list), output slots, several outputs?, logits slot,
+    also store the activation?)."""
+    if fuse in self._graph_cache: return self._graph_cache[fuse]
+    slot = {id(t): i for i, t in enumerate(self.inputs)}
+    n, fused, logits, steps = len(slot), {id(self.outputs[i]) for i in fuse}, {}, []
+    for node in self._nodes:
+        if isinstance(node.layer, InputLayer): continue
+        args = _map(lambda t: slot[id(t)], node.inputs)
+        outs = []
+        for t in node.flat_outputs: slot[id(t)], n = n, n + 1; outs.append(slot[id(t)])
+        out, z = node.flat_outputs[0], None
+        if id(out) in fused: logits[id(out)], z, n = n, n, n + 1
+        steps.append((node.layer, args, outs, not isinstance(node.outputs, KerasTensor), z,
+                      id(out) in self._consumed))
+    compiled = n, steps, [logits[id(t)] if id(t) in fused else slot[id(t)] for t in self.outputs]
+    self._graph_cache[fuse] = compiled
+    return compiled
 
-    def _run_graph(self, inputs, training=None, fuse=(), check=True):
-        """Evaluate the graph. For output i in `fuse` the last layer's activation is skipped and its pre-activation
-        (logits) returned instead — what the loss uses when it absorbs a softmax or sigmoid. `check=False` skips the
-        input-shape check (fit checks the whole arrays once)."""
-        flat = [inputs] if isinstance(inputs, Tensor) and len(self.inputs) == 1 else self._match_inputs(inputs)
-        if check: self._check_input_shapes(flat)
-        n, steps, out_slots = self._graph_cache.get(fuse) or self._graph_steps(fuse)
-        v = flat + [None] * (n - len(flat))
-        for layer, args, outs, several, z, consumed in steps:
-            a = v[args] if args.__class__ is int else _map(v.__getitem__, args)
-            if z is not None:            # a fused output: its logits, and its activation only if a node reads it
-                v[z] = layer.pre_activation(a)
-                if consumed: v[outs[0]] = layer.activation(v[z])
-            elif several:
-                for s, r in zip(outs, _flatten(layer(a, training=training))): v[s] = r
-            else:
-                v[outs[0]] = layer(a, training=training)
-        return [v[s] for s in out_slots]
+def _functional_run_graph(self, inputs, training=None, fuse=(), check=True):
+    """Evaluate the graph. For output i in `fuse` the last layer's activation is skipped and its pre-activation
+    (logits) returned instead — what the loss uses when it absorbs a softmax or sigmoid. `check=False` skips the
+    input-shape check (fit checks the whole arrays once)."""
+    flat = [inputs] if isinstance(inputs, Tensor) and len(self.inputs) == 1 else self._match_inputs(inputs)
+    if check: self._check_input_shapes(flat)
+    n, steps, out_slots = self._graph_cache.get(fuse) or self._graph_steps(fuse)
+    v = flat + [None] * (n - len(flat))
+    for layer, args, outs, several, z, consumed in steps:
+        a = v[args] if args.__class__ is int else _map(v.__getitem__, args)
+        if z is not None:            # a fused output: its logits, and its activation only if a node reads it
+            v[z] = layer.pre_activation(a)
+            if consumed: v[outs[0]] = layer.activation(v[z])
+        elif several:
+            for s, r in zip(outs, _flatten(layer(a, training=training))): v[s] = r
+        else:
+            v[outs[0]] = layer(a, training=training)
+    return [v[s] for s in out_slots]
+
+Functional._graph_steps, Functional._run_graph = _functional_graph_steps, _functional_run_graph

@@ -140,27 +140,35 @@ class Model(Trainer, Functional, Layer):
         shapes = [t.shape for t in self.outputs]
         return shapes[0] if not isinstance(self._output_struct, (list, dict)) else shapes
 
-    def build(self, input_shape):
-        if self._functional: return
-        with no_grad():     # a subclassed model builds its layers by running once on zeros
-            self.compute_output_shape(input_shape)
+# %% ../../../nbs/5_keras/39_keras_2_model.ipynb #372ee07b
+def _model_build(self, input_shape):
+    if self._functional: return
+    with no_grad():     # a subclassed model builds its layers by running once on zeros
+        self.compute_output_shape(input_shape)
 
-    def __repr__(self): return f"<{type(self).__name__} name={self.name}, built={self.built}>"
+def _model_repr(self): return f"<{type(self).__name__} name={self.name}, built={self.built}>"
 
-    def _output_names_for_compile(self):
-        return self.output_names if self._functional else [self.name]
+def _model_output_names_for_compile(self):
+    return self.output_names if self._functional else [self.name]
 
-    def summary(self, print_fn=None, show_trainable=False, return_string=False):
-        """Print a table of the layers, their output shapes and weight counts (Keras' layout). `print_fn` receives the
-        text instead of `print`; `return_string=True` returns it instead of printing."""
-        return print_summary(self, print_fn, show_trainable, return_string)
+def _model_summary(self, print_fn=None, show_trainable=False, return_string=False):
+    """Print a table of the layers, their output shapes and weight counts (Keras' layout). `print_fn` receives the
+    text instead of `print`; `return_string=True` returns it instead of printing."""
+    return print_summary(self, print_fn, show_trainable, return_string)
 
-    def save(self, filepath, overwrite=True):
-        "Save architecture (JSON) and weights (safetensors) to one '.keras' zip file, atomically (`keras.saving`)."
-        from neuralbook.keras.saving import save_model
-        save_model(self, filepath, overwrite)
+def _model_save(self, filepath, overwrite=True):
+    "Save architecture (JSON) and weights (safetensors) to one '.keras' zip file, atomically (`keras.saving`)."
+    from neuralbook.keras.saving import save_model
+    save_model(self, filepath, overwrite)
 
-    def to_json(self, **kwargs) -> str:
-        "The architecture as a JSON string (no weights): what `keras.models.model_from_json` rebuilds."
-        from neuralbook.keras.saving import model_to_json
-        return model_to_json(self, **kwargs)
+def _model_to_json(self, **kwargs) -> str:
+    "The architecture as a JSON string (no weights): what `keras.models.model_from_json` rebuilds."
+    from neuralbook.keras.saving import model_to_json
+    return model_to_json(self, **kwargs)
+
+Model.build = _model_build
+Model.__repr__ = _model_repr
+Model._output_names_for_compile = _model_output_names_for_compile
+Model.summary = _model_summary
+Model.save = _model_save
+Model.to_json = _model_to_json

@@ -74,57 +74,68 @@ class Optimizer(ApplyGradients):
         if self._opt is not None:
             for g in self._opt.param_groups: g["lr"] = self._lr_at(self.iterations)
 
-    def build(self, variables):
-        "Create the chapter-05 optimiser for these weights (fresh state)."
-        self._vars = list(variables)
-        self._opt = self._make(self._vars, self.learning_rate) if self._vars else None
-        return self
+# %% ../../../nbs/5_keras/38_keras_3_optimizers.ipynb #b8b17f1a
+def _optimizer_build(self, variables):
+    "Create the chapter-05 optimiser for these weights (fresh state)."
+    self._vars = list(variables)
+    self._opt = self._make(self._vars, self.learning_rate) if self._vars else None
+    return self
 
-    @property
-    def param_groups(self) -> list:
-        "The parameter groups of chapter 07's optimiser underneath (what GradScaler and clipping helpers walk)."
-        return self._opt.param_groups if self._opt is not None else []
+def _optimizer_param_groups(self) -> list:
+    "The parameter groups of chapter 07's optimiser underneath (what GradScaler and clipping helpers walk)."
+    return self._opt.param_groups if self._opt is not None else []
 
-    def zero_grad(self, set_to_none=True):
-        for p in self._vars: p.grad = None
+def _optimizer_zero_grad(self, set_to_none=True):
+    for p in self._vars: p.grad = None
 
-    def step(self):
-        if self._opt is None: return
-        if callable(self._learning_rate):     # a schedule: this step's rate (a constant rate is set already)
-            lr = self.learning_rate
-            for g in self._opt.param_groups: g["lr"] = lr
-        if self.clipvalue is not None: _optim.clip_grad_value_(self._vars, self.clipvalue)
-        if self.clipnorm is not None:
-            for p in self._vars: _optim.clip_grad_norm_([p], self.clipnorm)
-        if self.global_clipnorm is not None: _optim.clip_grad_norm_(self._vars, self.global_clipnorm)
-        if self.weight_decay and not self._decay_inside:
-            lr = self.learning_rate
-            for p in self._vars:
-                if p.grad is not None: p.data *= 1 - lr * self.weight_decay
-        self._opt.step()
-        self.iterations += 1
+def _optimizer_step(self):
+    if self._opt is None: return
+    if callable(self._learning_rate):     # a schedule: this step's rate (a constant rate is set already)
+        lr = self.learning_rate
+        for g in self._opt.param_groups: g["lr"] = lr
+    if self.clipvalue is not None: _optim.clip_grad_value_(self._vars, self.clipvalue)
+    if self.clipnorm is not None:
+        for p in self._vars: _optim.clip_grad_norm_([p], self.clipnorm)
+    if self.global_clipnorm is not None: _optim.clip_grad_norm_(self._vars, self.global_clipnorm)
+    if self.weight_decay and not self._decay_inside:
+        lr = self.learning_rate
+        for p in self._vars:
+            if p.grad is not None: p.data *= 1 - lr * self.weight_decay
+    self._opt.step()
+    self.iterations += 1
 
-    def state_dict(self) -> dict:
-        return {"iterations": self.iterations, "optimizer": self._opt.state_dict() if self._opt else None}
+Optimizer.build = _optimizer_build
+Optimizer.param_groups = property(_optimizer_param_groups)
+Optimizer.zero_grad = _optimizer_zero_grad
+Optimizer.step = _optimizer_step
 
-    def load_state_dict(self, state):
-        self.iterations = int(state["iterations"])
-        if self._opt is not None and state.get("optimizer") is not None: self._opt.load_state_dict(state["optimizer"])
+# %% ../../../nbs/5_keras/38_keras_3_optimizers.ipynb #24dab695
+def _optimizer_state_dict(self) -> dict:
+    return {"iterations": self.iterations, "optimizer": self._opt.state_dict() if self._opt else None}
 
-    def get_config(self) -> dict:
-        lr = self._learning_rate
-        lr = _serialize(lr) if isinstance(lr, LearningRateSchedule) else lr
-        return {"name": self.name, "learning_rate": lr, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
-                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm, **self._hyper()}
+def _optimizer_load_state_dict(self, state):
+    self.iterations = int(state["iterations"])
+    if self._opt is not None and state.get("optimizer") is not None: self._opt.load_state_dict(state["optimizer"])
 
-    @classmethod
-    def from_config(cls, config):
-        c = dict(config)
-        if isinstance(c.get("learning_rate"), dict):
-            c["learning_rate"] = _deserialize("schedule", _SCHEDULES, c["learning_rate"])
-        return cls(**c)
+def _optimizer_get_config(self) -> dict:
+    lr = self._learning_rate
+    lr = _serialize(lr) if isinstance(lr, LearningRateSchedule) else lr
+    return {"name": self.name, "learning_rate": lr, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
+            "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm, **self._hyper()}
 
-    def __repr__(self): return f"<{type(self).__name__} learning_rate={self.learning_rate:g}>"
+def _optimizer_from_config(cls, config):
+    c = dict(config)
+    if isinstance(c.get("learning_rate"), dict):
+        c["learning_rate"] = _deserialize("schedule", _SCHEDULES, c["learning_rate"])
+    return cls(**c)
+
+def _optimizer_repr(self): return f"<{type(self).__name__} learning_rate={self.learning_rate:g}>"
+
+Optimizer.state_dict = _optimizer_state_dict
+Optimizer.load_state_dict = _optimizer_load_state_dict
+Optimizer.get_config = _optimizer_get_config
+Optimizer.from_config = classmethod(_optimizer_from_config)
+Optimizer.__repr__ = _optimizer_repr
 
 # %% ../../../nbs/5_keras/38_keras_3_optimizers.ipynb #7170e20d
 class SGD(Optimizer):

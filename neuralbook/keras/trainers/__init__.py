@@ -121,49 +121,60 @@ class _KerasBridge(_EpochLogs, _LearnerCallback):
     @property
     def name(self): return "keras"
 
-    def _call(self, method, *args):
-        for c in self.cbs: getattr(c, method)(*args)
+# %% ../../../nbs/5_keras/38_keras_7_trainer.ipynb #de8e198b
+def _bridge_call(self, method, *args):
+    for c in self.cbs: getattr(c, method)(*args)
 
-    def before_fit(self):
-        self.model.stop_training = False
-        self._call("on_train_begin", {})
+def _bridge_before_fit(self):
+    self.model.stop_training = False
+    self._call("on_train_begin", {})
 
-    def before_epoch(self):
-        self.train_metrics.reset()
-        self._t0, self._parts = time.perf_counter(), []
-        if self.verbose: print(f"Epoch {self.learn.epoch + 1}/{self.epochs}")
-        self._call("on_epoch_begin", self.learn.epoch, {})
+def _bridge_before_epoch(self):
+    self.train_metrics.reset()
+    self._t0, self._parts = time.perf_counter(), []
+    if self.verbose: print(f"Epoch {self.learn.epoch + 1}/{self.epochs}")
+    self._call("on_epoch_begin", self.learn.epoch, {})
 
-    def after_train(self): self._steps = self.learn.n_iter or 0
+def _bridge_after_train(self): self._steps = self.learn.n_iter or 0
 
-    def before_validate(self):
-        self.val_metrics.reset()
-        self._vparts = []
+def _bridge_before_validate(self):
+    self.val_metrics.reset()
+    self._vparts = []
 
-    def before_batch(self):
-        if self.learn.training: self._call("on_train_batch_begin", self.learn.iter, {})
+def _bridge_before_batch(self):
+    if self.learn.training: self._call("on_train_batch_begin", self.learn.iter, {})
 
-    def before_backward(self):
-        if not self.model.optimizer._vars: raise CancelBackwardException()   # everything frozen: nothing to train
+def _bridge_before_backward(self):
+    if not self.model.optimizer._vars: raise CancelBackwardException()   # everything frozen: nothing to train
 
-    def after_loss(self):
-        learn = self.learn
-        ms = self.train_metrics if learn.training else self.val_metrics
-        if ms.active: ms.update(learn.yb, learn.pred)
-        if self.multi:   # per-output losses (0-d arrays: averaged once per epoch, no float() per batch)
-            (self._parts if learn.training else self._vparts).append(
-                (learn.xb[0].shape[0], [(i, l.data) for i, l in self.plan.parts]))
+def _bridge_after_loss(self):
+    learn = self.learn
+    ms = self.train_metrics if learn.training else self.val_metrics
+    if ms.active: ms.update(learn.yb, learn.pred)
+    if self.multi:   # per-output losses (0-d arrays: averaged once per epoch, no float() per batch)
+        (self._parts if learn.training else self._vparts).append(
+            (learn.xb[0].shape[0], [(i, l.data) for i, l in self.plan.parts]))
 
-    def after_batch(self):
-        learn = self.learn
-        if not learn.training: return
-        if self._batch_logs:
-            logs = {"loss": float(learn.loss.data)} if learn.loss is not None else {}
-            self._call("on_train_batch_end", learn.iter, logs)
-        if self._tty:
-            print("\r" + _progress_line(learn.iter + 1, learn.n_iter or 0, time.perf_counter() - self._t0, {}),
-                  end="", flush=True)
-        if self.model.stop_training: raise CancelTrainException()
+def _bridge_after_batch(self):
+    learn = self.learn
+    if not learn.training: return
+    if self._batch_logs:
+        logs = {"loss": float(learn.loss.data)} if learn.loss is not None else {}
+        self._call("on_train_batch_end", learn.iter, logs)
+    if self._tty:
+        print("\r" + _progress_line(learn.iter + 1, learn.n_iter or 0, time.perf_counter() - self._t0, {}),
+              end="", flush=True)
+    if self.model.stop_training: raise CancelTrainException()
+
+_KerasBridge._call = _bridge_call
+_KerasBridge.before_fit = _bridge_before_fit
+_KerasBridge.before_epoch = _bridge_before_epoch
+_KerasBridge.after_train = _bridge_after_train
+_KerasBridge.before_validate = _bridge_before_validate
+_KerasBridge.before_batch = _bridge_before_batch
+_KerasBridge.before_backward = _bridge_before_backward
+_KerasBridge.after_loss = _bridge_after_loss
+_KerasBridge.after_batch = _bridge_after_batch
 
 # %% ../../../nbs/5_keras/38_keras_7_trainer.ipynb #696862c1
 class CompileMixin:
@@ -271,6 +282,7 @@ def _split_callbacks(callbacks):
                             f"(neuralbook.learner.Callback), got {type(c).__name__}")
     return keras_cbs, learner_cbs
 
+# %% ../../../nbs/5_keras/38_keras_7_trainer.ipynb #aea59346
 class FitMixin:
     "`fit` on chapter 10's Learner: one learner per compiled model, configured per call."
     def _learner(self, train_dl, valid_dl, n_inp, callbacks=(), verbose=0, epochs=1):
@@ -298,65 +310,69 @@ class FitMixin:
         else:   # a fresh learner is thrown away: break its learner <-> callback cycles so reference counting frees it
             for cb in learn.cbs: cb.learn = None
 
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0, validation_batch_size=None):
-        """Train for `epochs` epochs (from `initial_epoch`); returns a `History` whose `.history` holds 'loss', the
-        metrics, and 'val_loss', 'val_<metric>' when there is validation data. `callbacks` may mix Keras callbacks and
-        chapter 10's Learner callbacks (e.g. a `DistributedCallback`), which join the Learner underneath for this fit."""
-        self._require_compiled("fit")
-        verbose, batch_size = _verbosity(verbose), 32 if batch_size is None else batch_size
-        if self._runs_steps("train_step", "test_step", "compute_loss"):
-            return self._fit_steps(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
-                                   shuffle, initial_epoch, validation_batch_size)
-        if isinstance(x, DataLoader):
-            if y is not None or validation_split:
-                raise ValueError("fit: with a DataLoader as x, y and validation_split must not be given (the loader yields "
-                                 "(x, y) batches; pass validation_data=another_loader)")
-            train_dl = x
-            first = x.fetch(np.arange(min(2, len(x.dataset))))      # peek at two samples without drawing a shuffle
-            n_inp = len(first) - len(self._losses)
-            self._prepare([to_device(b.data[:1], "cpu") for b in first[:n_inp]] if n_inp > 1
-                          else to_device(first[0].data[:1], "cpu"), None, "fit", need_y=False)
-        else:
-            xs, ys = self._prepare(x, y, "fit")
-            n, n_inp = len(xs[0]), len(xs)
-            if n == 0:
-                raise ValueError(f"fit: x has 0 samples (shape {tuple(xs[0].shape)}), so there is nothing to train on; "
-                                 f"pass at least one sample")
-            if validation_data is None and validation_split:
-                if not 0 < validation_split < 1:
-                    raise ValueError(f"fit: validation_split must be in (0, 1), got {validation_split}")
-                split = math.floor(n * (1.0 - validation_split))
-                if split == 0 or split == n:
-                    raise ValueError(f"fit: validation_split={validation_split} leaves {split} training and "
-                                     f"{n - split} validation samples out of {n}; both need at least one")
-                validation_data = ([a[split:] for a in xs], [a[split:] for a in ys])
-                xs, ys = [a[:split] for a in xs], [a[:split] for a in ys]
-            train_dl = _array_loader(xs + ys, batch_size, shuffle, "fit")
-        valid_dl = None
-        if validation_data is not None:
-            if isinstance(validation_data, DataLoader): valid_dl = validation_data
-            else:
-                if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                    raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or a DataLoader")
-                vx, vy = self._prepare(*validation_data, "fit (validation_data)")
-                valid_dl = _array_loader(vx + vy, validation_batch_size or batch_size, False, "fit")
-        self.history = History()
-        cbs, learner_cbs = _split_callbacks(callbacks)
-        cbs.append(self.history)
-        for c in cbs:
-            c.set_model(self)
-            c.set_params({"verbose": verbose, "epochs": epochs, "steps": len(train_dl)})
-        learner_cbs += [c.learner_callback() for c in cbs if hasattr(c, "learner_callback")]
-        learn = self._learner(train_dl, valid_dl, n_inp, cbs, verbose, epochs)
-        try:
-            learn.fit(epochs, start_epoch=initial_epoch,
-                      callbacks=([self._policy_cb] if self._policy.name != "float32" else []) + learner_cbs)
-        finally:
-            self._return_learner(learn)
-            # Keras layers are in inference mode outside fit (a validation phase has already put every layer there)
-            if self.training: learn.model.train(False)
-        return self.history
+    def _valid_loader(self, validation_data, batch_size):
+        "fit's validation loader: None, a DataLoader as it is, or (x_val, y_val) arrays in batches."
+        if validation_data is None or isinstance(validation_data, DataLoader): return validation_data
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or a DataLoader")
+        vx, vy = self._prepare(*validation_data, "fit (validation_data)")
+        return _array_loader(vx + vy, batch_size, False, "fit")
+
+# %% ../../../nbs/5_keras/38_keras_7_trainer.ipynb #9ab80c1b
+def _fit_mixin_fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+        validation_data=None, shuffle=True, initial_epoch=0, validation_batch_size=None):
+    """Train for `epochs` epochs (from `initial_epoch`); returns a `History` whose `.history` holds 'loss', the
+    metrics, and 'val_loss', 'val_<metric>' when there is validation data. `callbacks` may mix Keras callbacks and
+    chapter 10's Learner callbacks (e.g. a `DistributedCallback`), which join the Learner underneath for this fit."""
+    self._require_compiled("fit")
+    verbose, batch_size = _verbosity(verbose), 32 if batch_size is None else batch_size
+    if self._runs_steps("train_step", "test_step", "compute_loss"):
+        return self._fit_steps(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+                               shuffle, initial_epoch, validation_batch_size)
+    if isinstance(x, DataLoader):
+        if y is not None or validation_split:
+            raise ValueError("fit: with a DataLoader as x, y and validation_split must not be given (the loader yields "
+                             "(x, y) batches; pass validation_data=another_loader)")
+        train_dl = x
+        first = x.fetch(np.arange(min(2, len(x.dataset))))      # peek at two samples without drawing a shuffle
+        n_inp = len(first) - len(self._losses)
+        self._prepare([to_device(b.data[:1], "cpu") for b in first[:n_inp]] if n_inp > 1
+                      else to_device(first[0].data[:1], "cpu"), None, "fit", need_y=False)
+    else:
+        xs, ys = self._prepare(x, y, "fit")
+        n, n_inp = len(xs[0]), len(xs)
+        if n == 0:
+            raise ValueError(f"fit: x has 0 samples (shape {tuple(xs[0].shape)}), so there is nothing to train on; "
+                             f"pass at least one sample")
+        if validation_data is None and validation_split:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"fit: validation_split must be in (0, 1), got {validation_split}")
+            split = math.floor(n * (1.0 - validation_split))
+            if split == 0 or split == n:
+                raise ValueError(f"fit: validation_split={validation_split} leaves {split} training and "
+                                 f"{n - split} validation samples out of {n}; both need at least one")
+            validation_data = ([a[split:] for a in xs], [a[split:] for a in ys])
+            xs, ys = [a[:split] for a in xs], [a[:split] for a in ys]
+        train_dl = _array_loader(xs + ys, batch_size, shuffle, "fit")
+    valid_dl = self._valid_loader(validation_data, validation_batch_size or batch_size)
+    self.history = History()
+    cbs, learner_cbs = _split_callbacks(callbacks)
+    cbs.append(self.history)
+    for c in cbs:
+        c.set_model(self)
+        c.set_params({"verbose": verbose, "epochs": epochs, "steps": len(train_dl)})
+    learner_cbs += [c.learner_callback() for c in cbs if hasattr(c, "learner_callback")]
+    learn = self._learner(train_dl, valid_dl, n_inp, cbs, verbose, epochs)
+    try:
+        learn.fit(epochs, start_epoch=initial_epoch,
+                  callbacks=([self._policy_cb] if self._policy.name != "float32" else []) + learner_cbs)
+    finally:
+        self._return_learner(learn)
+        # Keras layers are in inference mode outside fit (a validation phase has already put every layer there)
+        if self.training: learn.model.train(False)
+    return self.history
+
+FitMixin.fit = _fit_mixin_fit
 
 # %% ../../../nbs/5_keras/38_keras_7_trainer.ipynb #06a4ec48
 class PredictMixin:
@@ -398,32 +414,35 @@ class PredictMixin:
         vals = list(out.values())
         return vals[0] if len(vals) == 1 else vals
 
-    def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
-        """The model's outputs for x as NumPy arrays (a list for several outputs), in inference mode, batch by batch.
-        With `callbacks` (their `on_predict_*` methods) or an overridden `predict_step`, runs `predict_step`."""
-        verbose, bs = _verbosity(verbose), batch_size or 32
-        xs, _ = self._prepare(x, None, "predict", need_y=False)
-        if callbacks or self._custom_steps("predict_step"):
-            cbs, _ = _split_callbacks(callbacks)
-            for c in cbs: c.set_model(self)
-            self.eval()
-            return self._custom_predict(xs, bs, cbs)
-        dev = self._device if self._device not in (None, "cpu") else None
-        n, outs, t0 = len(xs[0]), None, time.perf_counter()
+# %% ../../../nbs/5_keras/38_keras_7_trainer.ipynb #73e64a48
+def _predict_mixin_predict(self, x, batch_size=None, verbose="auto", callbacks=None):
+    """The model's outputs for x as NumPy arrays (a list for several outputs), in inference mode, batch by batch.
+    With `callbacks` (their `on_predict_*` methods) or an overridden `predict_step`, runs `predict_step`."""
+    verbose, bs = _verbosity(verbose), batch_size or 32
+    xs, _ = self._prepare(x, None, "predict", need_y=False)
+    if callbacks or self._custom_steps("predict_step"):
+        cbs, _ = _split_callbacks(callbacks)
+        for c in cbs: c.set_model(self)
         self.eval()
-        with no_grad(), self._policy_context():
-            for i in range(0, n, bs):
-                batch = [_as_input(a[i:i + bs], dev) for a in xs]
-                res = self._forward_outputs(batch if len(batch) > 1 else batch[0], False)
-                outs = outs or [[] for _ in res]
-                for k, r in enumerate(res): outs[k].append(r.data)
-        arrays = [to_device(get_array_module(o[0]).concatenate(o), "cpu") for o in outs or []]
-        if verbose:
-            steps = -(-n // bs)
-            print(_progress_line(steps, steps, time.perf_counter() - t0, {}, bar=verbose == 1))
-        if self._functional and isinstance(self._output_struct, dict): return dict(zip(self._output_struct, arrays))
-        listed = self._functional and isinstance(self._output_struct, list)
-        return arrays[0] if len(arrays) == 1 and not listed else arrays
+        return self._custom_predict(xs, bs, cbs)
+    dev = self._device if self._device not in (None, "cpu") else None
+    n, outs, t0 = len(xs[0]), None, time.perf_counter()
+    self.eval()
+    with no_grad(), self._policy_context():
+        for i in range(0, n, bs):
+            batch = [_as_input(a[i:i + bs], dev) for a in xs]
+            res = self._forward_outputs(batch if len(batch) > 1 else batch[0], False)
+            outs = outs or [[] for _ in res]
+            for k, r in enumerate(res): outs[k].append(r.data)
+    arrays = [to_device(get_array_module(o[0]).concatenate(o), "cpu") for o in outs or []]
+    if verbose:
+        steps = -(-n // bs)
+        print(_progress_line(steps, steps, time.perf_counter() - t0, {}, bar=verbose == 1))
+    if self._functional and isinstance(self._output_struct, dict): return dict(zip(self._output_struct, arrays))
+    listed = self._functional and isinstance(self._output_struct, list)
+    return arrays[0] if len(arrays) == 1 and not listed else arrays
+
+PredictMixin.predict = _predict_mixin_predict
 
 # %% ../../../nbs/5_keras/38_keras_7_trainer.ipynb #18522be6
 class Trainer(CustomLoop, MetricsMixin, StepMixin, CompileMixin, DataMixin, FitMixin, PredictMixin):

@@ -214,63 +214,72 @@ class CustomLoop:
         _cb(cbs, "on_train_end", logs)
         return self.history
 
-    def _runs_steps(self, *names) -> bool:
-        "fit/evaluate run the steps batch by batch: when the class overrides one, or compile() got no loss."
-        return self._custom_steps(*names) or all(l is None for l in self._losses)
+# %% ../../../nbs/5_keras/38_keras_6b_steps.ipynb #d558d94e
+def _custom_loop_runs_steps(self, *names) -> bool:
+    "fit/evaluate run the steps batch by batch: when the class overrides one, or compile() got no loss."
+    return self._custom_steps(*names) or all(l is None for l in self._losses)
 
-    def _loader_source(self, dl, who):
-        "A DataLoader of (inputs..., targets...) batches: how many tensors are inputs (the rest are targets)."
-        first = dl.fetch(np.arange(min(2, len(dl.dataset))))
-        n_x = max(1, len(first) - max(1, len(self._losses))) if len(first) > 1 else 1
-        self._prepare([to_device(b.data[:1], "cpu") for b in first[:n_x]] if n_x > 1
-                      else to_device(first[0].data[:1], "cpu"), None, who, need_y=False)
-        return dl, n_x, len(first) > n_x
+def _custom_loop_loader_source(self, dl, who):
+    "A DataLoader of (inputs..., targets...) batches: how many tensors are inputs (the rest are targets)."
+    first = dl.fetch(np.arange(min(2, len(dl.dataset))))
+    n_x = max(1, len(first) - max(1, len(self._losses))) if len(first) > 1 else 1
+    self._prepare([to_device(b.data[:1], "cpu") for b in first[:n_x]] if n_x > 1
+                  else to_device(first[0].data[:1], "cpu"), None, who, need_y=False)
+    return dl, n_x, len(first) > n_x
 
-    def _fit_steps(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-                   initial_epoch, validation_batch_size):
-        validation = None
-        if isinstance(x, DataLoader):
-            src = self._loader_source(x, "fit")
-        else:
-            xs, ys = self._prepare(x, y, "fit", need_y=False)
-            if validation_split and validation_data is None:
-                split = math.floor(len(xs[0]) * (1.0 - validation_split))
-                validation = _array_source([a[split:] for a in xs], [a[split:] for a in ys] if ys else None,
-                                           validation_batch_size or batch_size, "fit")
-                xs, ys = [a[:split] for a in xs], [a[:split] for a in ys] if ys is not None else None
-            src = _array_source(xs, ys, batch_size, "fit", shuffle)
-        if isinstance(validation_data, DataLoader): validation = self._loader_source(validation_data, "fit")
-        elif validation_data is not None:
-            vx, vy, _ = unpack_x_y_sample_weight(validation_data)
-            validation = _array_source(*self._prepare(vx, vy, "fit (validation_data)", need_y=False),
+def _custom_loop_fit_steps(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+               initial_epoch, validation_batch_size):
+    validation = None
+    if isinstance(x, DataLoader):
+        src = self._loader_source(x, "fit")
+    else:
+        xs, ys = self._prepare(x, y, "fit", need_y=False)
+        if validation_split and validation_data is None:
+            split = math.floor(len(xs[0]) * (1.0 - validation_split))
+            validation = _array_source([a[split:] for a in xs], [a[split:] for a in ys] if ys else None,
                                        validation_batch_size or batch_size, "fit")
-        cbs, learner_cbs = self._split_callbacks(callbacks)
-        if learner_cbs:
-            raise TypeError("fit: a model with its own train_step takes Keras callbacks only, not Learner callbacks")
-        return self._custom_fit(src, epochs, verbose, cbs, initial_epoch, validation)
+            xs, ys = [a[:split] for a in xs], [a[:split] for a in ys] if ys is not None else None
+        src = _array_source(xs, ys, batch_size, "fit", shuffle)
+    if isinstance(validation_data, DataLoader): validation = self._loader_source(validation_data, "fit")
+    elif validation_data is not None:
+        vx, vy, _ = unpack_x_y_sample_weight(validation_data)
+        validation = _array_source(*self._prepare(vx, vy, "fit (validation_data)", need_y=False),
+                                   validation_batch_size or batch_size, "fit")
+    cbs, learner_cbs = self._split_callbacks(callbacks)
+    if learner_cbs:
+        raise TypeError("fit: a model with its own train_step takes Keras callbacks only, not Learner callbacks")
+    return self._custom_fit(src, epochs, verbose, cbs, initial_epoch, validation)
 
-    def _custom_evaluate(self, src, cbs):
-        dl, n_x, has_y = src
-        for m in self.metrics: m.reset_state()
-        _cb(cbs, "on_test_begin", {})
-        logs = {}
-        with no_grad():
-            for step, batch in enumerate(dl):
-                _cb(cbs, "on_test_batch_begin", step, {})
-                logs = _floats(self.test_step(_batch_data(batch, n_x, has_y, self._device)))
-                _cb(cbs, "on_test_batch_end", step, logs)
-        _cb(cbs, "on_test_end", logs)
-        return logs
+CustomLoop._runs_steps = _custom_loop_runs_steps
+CustomLoop._loader_source = _custom_loop_loader_source
+CustomLoop._fit_steps = _custom_loop_fit_steps
 
-    def _custom_predict(self, xs, batch_size, cbs):
-        dl, outs = _array_loader(xs, batch_size, False, "predict"), []
-        _cb(cbs, "on_predict_begin", {})
-        with no_grad():
-            for step, batch in enumerate(dl):
-                _cb(cbs, "on_predict_batch_begin", step, {})
-                out = self.predict_step(_batch_data(batch, len(xs), False, self._device))
-                outs.append([_raw(o) for o in _flatten(out)])
-                _cb(cbs, "on_predict_batch_end", step, {"outputs": out})
-        _cb(cbs, "on_predict_end", {})
-        arrays = [to_device(get_array_module(o[0]).concatenate(o), "cpu") for o in zip(*outs)]
-        return arrays[0] if len(arrays) == 1 else arrays
+# %% ../../../nbs/5_keras/38_keras_6b_steps.ipynb #d5f8ff8b
+def _custom_loop_custom_evaluate(self, src, cbs):
+    dl, n_x, has_y = src
+    for m in self.metrics: m.reset_state()
+    _cb(cbs, "on_test_begin", {})
+    logs = {}
+    with no_grad():
+        for step, batch in enumerate(dl):
+            _cb(cbs, "on_test_batch_begin", step, {})
+            logs = _floats(self.test_step(_batch_data(batch, n_x, has_y, self._device)))
+            _cb(cbs, "on_test_batch_end", step, logs)
+    _cb(cbs, "on_test_end", logs)
+    return logs
+
+def _custom_loop_custom_predict(self, xs, batch_size, cbs):
+    dl, outs = _array_loader(xs, batch_size, False, "predict"), []
+    _cb(cbs, "on_predict_begin", {})
+    with no_grad():
+        for step, batch in enumerate(dl):
+            _cb(cbs, "on_predict_batch_begin", step, {})
+            out = self.predict_step(_batch_data(batch, len(xs), False, self._device))
+            outs.append([_raw(o) for o in _flatten(out)])
+            _cb(cbs, "on_predict_batch_end", step, {"outputs": out})
+    _cb(cbs, "on_predict_end", {})
+    arrays = [to_device(get_array_module(o[0]).concatenate(o), "cpu") for o in zip(*outs)]
+    return arrays[0] if len(arrays) == 1 else arrays
+
+CustomLoop._custom_evaluate = _custom_loop_custom_evaluate
+CustomLoop._custom_predict = _custom_loop_custom_predict
