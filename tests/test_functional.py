@@ -318,3 +318,29 @@ def test_activations_module_is_reexported_by_functional():
     for name in activations.__all__:
         assert getattr(F, name) is getattr(activations, name), name
         assert name in F.__all__, name
+
+
+def test_gelu_float32_blocked_kernel_matches_torch_and_float64():
+    "chapter 03a: float32 GELU on the CPU runs block by block (erf by A&S 7.1.26): across blocks, on a strided view"
+    from neuralbook.activations import _gelu_f32
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((70, 600)) * 3).astype(np.float32)[:, ::2]           # 21,000 elements: two blocks
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    t = nb.tensor(x, requires_grad=True)
+    y = F.gelu(t)
+    y.backward(nb.tensor(g))
+    assert y.dtype == np.float32 and t.grad.dtype == np.float32
+    x64 = x.astype(np.float64)
+    from scipy.special import erf
+    cdf = 0.5 * (1 + erf(x64 / np.sqrt(2)))
+    np.testing.assert_allclose(y.numpy(), x64 * cdf, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(t.grad.numpy(), g * (cdf + x64 * np.exp(-x64 ** 2 / 2) / np.sqrt(2 * np.pi)),
+                               atol=4e-6, rtol=0)
+    assert np.array_equal(_gelu_f32(x, block=1000), _gelu_f32(x))                # block size does not change bits
+    if torch is not None:
+        tx = torch.tensor(x, requires_grad=True)
+        tF.gelu(tx).backward(torch.tensor(g))
+        np.testing.assert_allclose(y.numpy(), tF.gelu(torch.tensor(x)).numpy(), atol=2e-6, rtol=0)
+        np.testing.assert_allclose(t.grad.numpy(), tx.grad.numpy(), atol=1e-5, rtol=0)
+    with nb.no_grad():                                                           # float64 keeps the exact erf
+        assert np.array_equal(F.gelu(nb.tensor(x64)).numpy(), x64 * (0.5 * (1.0 + erf(x64 * (1 / np.sqrt(2))))))
