@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['GradcheckError', 'gradcheck', 'grad', 'gradgradcheck']
 
-# %% ../nbs/1_learning/02b_gradcheck.ipynb #d9300464
+# %% ../nbs/1_learning/02b_gradcheck.ipynb #519bd903
 import numpy as np
 
 from .autograd import Tensor, _is_array, backward, sum_to
 from .backend import get_array_module, is_float_dtype, to_device
 
-# %% ../nbs/1_learning/02b_gradcheck.ipynb #b5ed9f72
+# %% ../nbs/1_learning/02b_gradcheck.ipynb #37f99b33
 class GradcheckError(RuntimeError):
     "Analytic and numeric gradients disagree."
 
@@ -36,7 +36,7 @@ def _project(outs, vs):
         total = s if total is None else total + s
     return total
 
-# %% ../nbs/1_learning/02b_gradcheck.ipynb #be464980
+# %% ../nbs/1_learning/02b_gradcheck.ipynb #565698f6
 def _numeric_grad(fn, xs, x, vs, seed, eps):
     "Central differences of s = Σ⟨v, fn(xs)⟩ in every element of the input x (one of xs)."
     numeric = np.zeros(x.shape)
@@ -55,7 +55,7 @@ def _numeric_grad(fn, xs, x, vs, seed, eps):
     x.data = orig
     return numeric
 
-# %% ../nbs/1_learning/02b_gradcheck.ipynb #696814c1
+# %% ../nbs/1_learning/02b_gradcheck.ipynb #e0ce83aa
 def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
               raise_exception: bool = True, seed: int = 0) -> bool:
     """Compare backward with float64 central differences for every floating-point input of `fn`.
@@ -86,7 +86,7 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 
             return False
     return True
 
-# %% ../nbs/1_learning/02b_gradcheck.ipynb #007b58fc
+# %% ../nbs/1_learning/02b_gradcheck.ipynb #89cacd04
 def grad(output: Tensor, inputs, grad_output=None, create_graph: bool = False, retain_graph: bool | None = None):
     """Gradients of `output` with respect to `inputs` (a list of tensors), returned instead of accumulated.
     Existing `.grad` values of the inputs are left as they were."""
