@@ -27,16 +27,30 @@ PARTS = {"1_learning": "I · Learning from scratch", "2_architectures": "II · A
 # Edges of ideas that no import shows (drawn dashed): what to read before, though no code is shared.
 IDEA_EDGES = [("01_neuron", "02_autograd")]
 
-# Seconds to execute each chapter once (nbval's cells: `#| slow` / `#| cuda` / `#| eval: false` skipped), written by
-# `python tools/chapter_graph.py measure` on a loaded 2-core machine: upper bounds. BEGIN RUN_SECONDS
-RUN_SECONDS = {"02_autograd": 2.3, "03_functional": 2.8, "03b_tensor_methods": 2.8, "04_nn": 1.8, "05_losses": 3.2,
-               "06_data": 3.6, "06b_datasets": 6.0, "07_optim": 3.9, "07b_lr_scheduler": 3.8,
-               "08_regularization": 5.4, "09_metrics": 3.6, "10_learner": 2.6, "10b_callbacks": 4.1,
-               "10c_hooks": 2.9, "11_keras": 8.4, "12_conv": 9.7, "12a_conv1d": 1.5, "12b_conv_fast": 2.7,
-               "13_norm": 6.2, "14_resnet": 10.0, "15_conv_transpose": 1.3, "16_rnn": 5.2, "17_attention": 5.5,
-               "19_zoo": 1.5, "20_finetune": 2.8, "21_torch_import": 3.2, "22_lora": 5.3, "23_text": 1.6,
-               "24_pretrained": 92.3, "25_images": 79.1, "29_backend": 3.6, "30_io": 2.9, "31_cuda": 4.6,
-               "31b_cuda_twins": 47.9}
+# CPU seconds to execute each chapter once (nbval's cells: `#| slow` / `#| cuda` / `#| eval: false` skipped), written
+# by `python tools/chapter_graph.py measure` on a loaded 2-core machine: upper bounds. BEGIN RUN_SECONDS
+RUN_SECONDS = {"01_neuron": 3.0, "02_autograd": 4.6, "02b_gradcheck": 0.7, "03_functional": 3.3,
+               "03a_activations": 2.1, "03b_tensor_methods": 3.5, "04_nn": 4.9, "05_losses": 6.4, "06_data": 4.4,
+               "06b_datasets": 8.8, "07_optim": 5.0, "07b_lr_scheduler": 3.6, "08_regularization": 6.6,
+               "09_metrics": 4.1, "10_learner": 3.0, "10b_callbacks": 5.9, "10c_hooks": 2.8, "11_keras": 6.1,
+               "solutions_1": 5.1, "12_conv": 9.0, "12a_conv1d": 1.4, "12b_conv_fast": 2.4, "13_norm": 4.9,
+               "14_resnet": 8.2, "15_conv_transpose": 1.1, "16_rnn": 4.4, "17_attention": 5.1, "18_gpt": 19.9,
+               "solutions_2": 0.9, "19_zoo": 1.1, "20_finetune": 2.7, "21_torch_import": 3.0, "22_lora": 5.0,
+               "23_text": 1.2, "24_pretrained": 50.7, "25_images": 35.1, "26_speech": 24.5, "27_recommend": 10.6,
+               "28_generate": 109.2, "solutions_3": 0.8, "29_backend": 1.6, "30_io": 1.2, "31_cuda": 1.6,
+               "31b_cuda_twins": 17.1, "32_cuda_emu": 1.2, "32b_emulated_cupy": 2.7, "33_amp": 4.7,
+               "34_distributed": 1.7, "35_cli": 2.9, "35b_cli_finetune": 0.7, "99_package": 0.7, "solutions_4": 0.6,
+               "36_keras_1_backend": 0.7, "36_keras_1b_config": 0.6, "36_keras_1c_mixed_precision": 0.7,
+               "36_keras_2_activations": 0.7, "36_keras_3_initializers": 0.7, "36_keras_4_regularizers": 0.7,
+               "36_keras_5_layer": 0.8, "36_keras_6_core": 0.7, "36_keras_7_merging": 0.7,
+               "36_keras_8_reshaping": 0.8, "36_keras_8b_preprocessing": 0.7, "36_keras_9_layers": 0.7,
+               "37_keras_ops": 1.3, "38_keras_1_losses": 0.8, "38_keras_2_metrics": 0.8,
+               "38_keras_2b_schedules": 0.7, "38_keras_3_optimizers": 0.7, "38_keras_4_callbacks": 0.6,
+               "38_keras_5_compile_utils": 0.7, "38_keras_6_data_adapter": 0.6, "38_keras_6b_steps": 0.7,
+               "38_keras_7_trainer": 0.7, "39_keras_1_functional": 0.6, "39_keras_2_model": 1.0,
+               "39_keras_3_sequential": 0.6, "39_keras_4_saving": 0.7, "39_keras_5_models": 0.6,
+               "39_keras_6_utils": 0.6, "39_keras_8_compat": 1.2, "40_keras_conv": 0.8, "40_keras_norm": 0.7,
+               "40_keras_pool": 5.1, "41_keras_attention": 1.4, "41_keras_rnn": 2.1, "solutions_5": 0.7}
 # END RUN_SECONDS
 
 
@@ -65,7 +79,7 @@ def chapter_info(path: Path) -> dict:
         if c["cell_type"] != "code":
             continue
         src = _src(c)
-        d = re.search(r"^#\|\s*default_exp\s+(\S+)", src, re.M)
+        d = re.search(r"^#\|\s*default_exp\s+(\S+)", src, re.MULTILINE)
         if d:
             module = re.sub(r"(^|\.)__init__$", "", d.group(1)) or "__init__"
         uses |= _neuralbook_names(src)
@@ -113,7 +127,7 @@ def _resolve(name: str, modules: dict[str, str]) -> str | None:
     for n in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:n]))
-        except Exception:  # noqa: BLE001 (a module that does not import, or a name that is no module)
+        except Exception:  # noqa: BLE001, S112 (a module that does not import, or a name that is no module)
             continue
         owner = obj.__name__
         for attr in parts[n:]:
@@ -180,8 +194,8 @@ def layout(stems: list[str], direct: dict[str, list[str]]):
                     row[d], parents[d] = d[3], [prev]
                 parents[s] = [chain[-1] if q == p else q for q in parents[s]]
     rows: dict[int, list] = {}
-    for n in row:
-        rows.setdefault(row[n], []).append(n)
+    for n, r in row.items():
+        rows.setdefault(r, []).append(n)
     children = {n: [] for n in row}
     for n, ps in parents.items():
         for q in ps:
@@ -212,7 +226,7 @@ def draw(parts=("1_learning", "2_architectures"), ax=None):
     arrows point to the chapter that needs them; dashed: an idea that no import shows). Returns the axes."""
     import matplotlib.pyplot as plt
     infos = chapters()
-    direct, later = prerequisites(infos)
+    direct, _ = prerequisites(infos)
     info = {c["stem"]: c for c in infos}
     stems = [c["stem"] for c in infos if c["part"] in parts and c["stem"] in direct]
     pos, routes = layout(stems, direct)
@@ -222,19 +236,21 @@ def draw(parts=("1_learning", "2_architectures"), ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(1.9 * width + 1, 1.05 * nrows + 1.2))
     colors = {p: c for p, c in zip(PARTS, ["#cfe2f3", "#d9ead3", "#fce5cd", "#eeeeee", "#fff2cc"])}
+    label = {s: f"{info[s]['number']}\n{_short(info[s]['title'])}" for s in stems}
+    half = {s: 0.1 + 0.066 * (label[s].count("\n") + 1) for s in stems}   # half a box's height, in rows
     for s in stems:
         x, r = pos[s]
         for p in direct[s]:
             if p in pos:
                 pts = [pos[p]] + routes.get((p, s), []) + [pos[s]]
                 xs, ys = [q[0] for q in pts], [-q[1] for q in pts]
-                ys[0] -= 0.3
+                ys[0] -= half[p]
                 ls = "--" if (p, s) in IDEA_EDGES else "-"
                 ax.plot(xs[:-1], ys[:-1], color="0.45", lw=1.0, ls=ls, zorder=1)
-                ax.annotate("", xy=(xs[-1], ys[-1] + 0.3), xytext=(xs[-2], ys[-2]), zorder=1,
-                            arrowprops=dict(arrowstyle="->", color="0.45", lw=1.0, ls=ls, shrinkA=0, shrinkB=0))
-        ax.text(x, -r, f"{info[s]['number']}\n{_short(info[s]['title'])}", ha="center", va="center", fontsize=8,
-                zorder=2, bbox=dict(boxstyle="round,pad=0.3", fc=colors.get(info[s]["part"], "white"), ec="0.3"))
+                ax.annotate("", xy=(xs[-1], ys[-1] + half[s]), xytext=(xs[-2], ys[-2]), zorder=1,
+                            arrowprops={"arrowstyle": "->", "color": "0.45", "lw": 1.0, "ls": ls, "shrinkA": 0, "shrinkB": 0})
+        ax.text(x, -r, label[s], ha="center", va="center", fontsize=8,
+                zorder=2, bbox={"boxstyle": "round,pad=0.3", "fc": colors.get(info[s]["part"], "white"), "ec": "0.3"})
     for p in parts:
         ax.plot([], [], "s", ms=10, color=colors[p], mec="0.3", label=f"Part {PARTS[p]}")
     ax.legend(loc="lower left", fontsize=9, frameon=False)
@@ -256,10 +272,10 @@ def table_markdown(nbs: Path = NBS) -> str:
     """The front page's chapter tables, one per part: number, title (a link), module, run time."""
     infos = chapters(nbs)
     out = ["## The chapters", "",
-           "Read the parts in order; within a part, a chapter uses only the chapters before it (the graph below "
-           "shows which). *Runs in*: executing the chapter once (its `#| slow` cells skipped), measured on a loaded "
-           "2-core machine and rounded up: upper bounds. This table is generated from the notebooks by "
-           "`python tools/chapter_graph.py index`."]
+           ("Read the parts in order; within a part, a chapter uses only the chapters before it (the graph below "
+            "shows which). *Runs in*: the CPU time to execute the chapter once (its `#| slow` cells skipped), measured "
+            "on a loaded 2-core machine and rounded up: upper bounds for an idle machine. This table is generated from the notebooks by "
+            "`python tools/chapter_graph.py index`.")]
     for part, name in PARTS.items():
         rows = [c for c in infos if c["part"] == part]
         if not rows:
@@ -282,11 +298,16 @@ def write_index(path: Path = NBS / "index.ipynb") -> None:
     Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def measure(stems=()) -> dict[str, float]:
-    """Execute chapters (all, or those named) once with a real kernel, skipping the cells nbval skips; return
-    {stem: wall seconds} of those that ran without error, and write them into RUN_SECONDS in this file."""
-    import time
+_PROBE = ("import resource as _r\n_s, _c = _r.getrusage(_r.RUSAGE_SELF), _r.getrusage(_r.RUSAGE_CHILDREN)\n"
+          "print(_s.ru_utime + _s.ru_stime + _c.ru_utime + _c.ru_stime)")
 
+
+def measure(stems=()) -> dict[str, float]:
+    """Execute chapters (all, or those named) once with a real kernel, skipping the cells nbval skips, and return
+    {stem: CPU seconds} (user + system time of the kernel and its children) of those that ran without error. CPU time
+    rather than wall-clock time, because the machine is shared: on an idle machine a chapter's wall time is about its
+    CPU time (less where BLAS uses both cores). Stored into RUN_SECONDS in this file, keeping the smaller of an old
+    and a new value (noise from other processes only adds)."""
     import nbformat
     from nbclient import NotebookClient
     sys.path.insert(0, str(NBS))
@@ -297,18 +318,20 @@ def measure(stems=()) -> dict[str, float]:
             continue
         nb = nbformat.read(p, as_version=4)
         client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(p.parent)}})
-        t0 = time.perf_counter()
         try:
             with client.setup_kernel():
                 for i, cell in enumerate(nb.cells):
                     if cell.cell_type == "code" and not _skip_reason(cell.source):
                         client.execute_cell(cell, i)
+                nb.cells.append(nbformat.v4.new_code_cell(_PROBE))
+                client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+                cpu = float(nb.cells[-1].outputs[-1]["text"])
         except Exception as e:  # noqa: BLE001 (report and go on with the next chapter)
             print(f"{p.stem}: failed ({type(e).__name__}), not recorded", file=sys.stderr)
             continue
-        got[p.stem] = round(time.perf_counter() - t0, 1)
-        print(f"{p.stem}: {got[p.stem]} s", file=sys.stderr)
-    _store({**RUN_SECONDS, **got})
+        got[p.stem] = round(min(cpu, RUN_SECONDS.get(p.stem, cpu)), 1)
+        print(f"{p.stem}: {cpu:.1f} s CPU", file=sys.stderr)
+        _store({**RUN_SECONDS, **got})
     return got
 
 
