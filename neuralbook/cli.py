@@ -31,16 +31,19 @@ DATASETS = tuple(datasets.DATASETS)   # chapter 06b's registry: one set of names
 PLUGINS = ["neuralbook.cli_finetune:add_finetune_parser", "neuralbook.pretrained:add_embed_parser"]
 
 # the static table for an installed package without nbs/ (a test keeps it equal to the notebooks' titles)
-CHAPTERS = [("02", "Autograd: tensors, functions and the chain rule"), ("03", "Differentiable operations"),
+CHAPTERS = [("01", "A neuron, logistic regression and backpropagation by hand"),
+            ("02", "Autograd: tensors, functions and the chain rule"),
+            ("02b", "Checking gradients: `gradcheck`, `grad` and `gradgradcheck`"),
+            ("03", "Differentiable operations"), ("03a", "Activations"),
             ("03b", "Tensor methods: NumPy's spelling and PyTorch's protocol"),
             ("04", "The forward pass: modules, layers and initialisation"), ("05", "Losses"),
             ("06", "Data: datasets, mini-batches and preprocessing"), ("06b", "Datasets that work offline"),
             ("07", "Optimisers: from gradients to updates"), ("07b", "Learning-rate schedules"),
             ("08", "Regularisation: penalties, weight decay, dropout, early stopping and augmentation"),
-            ("09", "Metrics: how good is the model?"), ("10", "The Learner: the training loop and its callbacks"),
+            ("09", "Metrics: how good is the model?"), ("10", "The Learner: the training loop, written three times"),
             ("10b", "Callbacks: progress, early stopping, checkpoints, schedules, and the LR finder"),
             ("10c", "Looking inside training: hooks, activation statistics and update ratios"),
-            ("11", "`neuralbook.keras`: the public namespace, and the tutorial"), ("12", "Convolution and pooling"),
+            ("11", "The Keras-style API: the seed's iris program"), ("12", "Convolution and pooling"),
             ("12a", "One-dimensional convolution and pooling"),
             ("12b", "Making convolution fast: Winograd's minimal filtering"),
             ("13", "Batch and layer normalisation"), ("14", "Residual networks: depth that trains"),
