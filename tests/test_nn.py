@@ -247,3 +247,27 @@ def test_embedding_lookup_and_gradient_of_repeated_ids():
     assert out.shape == (1, 3, 3) and np.array_equal(out.numpy()[0, 2], emb.weight.numpy()[4])
     out.sum().backward()
     assert np.array_equal(emb.weight.grad.numpy()[:, 0], [0, 2, 0, 0, 1])   # id 1 twice: gradients add up
+
+
+def test_frozen_linear_keeps_no_input_and_gives_the_same_input_gradient():
+    "chapter 04: a Linear whose weight is frozen records _FrozenLinear, which stubs its input (x is freed)"
+    from neuralbook.nn import Linear, _FrozenLinear
+    rng = np.random.default_rng(0)
+    x0 = nb.tensor(rng.normal(size=(8, 32, 64)), requires_grad=True)          # 128 KiB: over the stub size
+    a, b = Linear(64, 5, dtype=np.float64), Linear(64, 5, dtype=np.float64).requires_grad_(False)
+    b.weight.data[...], b.bias.data[...] = a.weight.data, a.bias.data
+    g = rng.normal(size=(8, 32, 5))
+    out = []
+    for layer in (a, b):
+        x0.grad = None
+        y = layer(x0 * 2.0)
+        out.append(y.numpy())
+        y.backward(nb.tensor(g))
+        out.append(x0.grad.numpy())
+    assert np.array_equal(out[0], out[2]) and np.array_equal(out[1], out[3])
+    y = b(x0 * 2.0)
+    assert type(y.creator) is _FrozenLinear and y.creator.x_data[0].strides == (0, 0, 0)
+    b.bias.requires_grad_(True)                                  # BitFit: a trainable bias needs no x either
+    b(x0 * 2.0).sum().backward()
+    assert b.weight.grad is None and np.allclose(b.bias.grad.numpy(), 8 * 32)
+    assert nb.gradcheck(lambda t: b(t), nb.tensor(rng.normal(size=(3, 64)), requires_grad=True))
