@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import neuralbook as nb
-from neuralbook.rnn import GRU, LSTM, RNN, GRUCell, GRUCellFn, LSTMCellFn, RNNCellFn, unbind
+from neuralbook.rnn import GRU, LSTM, RNN, GRUCell, GRUCellFn, LSTMCellFn, Recurrence, RNNCellFn, unbind
 
 CLASSES = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 I, H, T, B = 3, 4, 5, 3
@@ -117,6 +117,43 @@ def test_cells_gradcheck(masked):
     for act in ("tanh", "relu"):
         f = (lambda a, b, h: RNNCellFn(act, m)(a, b, h)) if masked else (lambda a, b, h: RNNCellFn(act)(a, b))
         assert nb.gradcheck(f, xg4[:, :Hc], hg4[:, :Hc], h)
+
+
+@pytest.mark.parametrize("reverse,masked,bias", [(False, False, False), (True, True, True), (False, True, True),
+                                                  (True, False, False)])
+def test_lstm_recurrence_gate_major_matches_the_cells(reverse, masked, bias):
+    """The fused LSTM loop (gate-major arrays) against a loop of LSTMCellFn steps: outputs and every gradient, float64;
+    W_hh also as a transposed (Fortran-ordered) view, as Keras passes it (a reshape of it is a view: must not be
+    scaled in place)."""
+    rng = np.random.default_rng(7)
+    masks = [np.array([[True], [t < 3], [t != 1]]) for t in range(T)] if masked else None
+    arrays = [rng.standard_normal(s) for s in ((T, B, 4 * H), (4 * H, H), (B, H), (B, H))] + \
+        ([rng.standard_normal(4 * H)] if bias else [])
+    def run(fused, W_layout):
+        ins = [nb.tensor(a, requires_grad=True) for a in arrays]
+        W = nb.tensor(np.asfortranarray(arrays[1]), requires_grad=True) if W_layout == "F" else ins[1]
+        if fused:
+            S, h, c = Recurrence("LSTM", masks, reverse, bias)(ins[0], W, *ins[2:])
+        else:
+            h, c, steps = ins[2], ins[3], [None] * T
+            for t in (range(T - 1, -1, -1) if reverse else range(T)):
+                hg = h @ W.T + (ins[4] if bias else 0.0)
+                h, c = LSTMCellFn()(ins[0][t], hg, c) if not masked else LSTMCellFn(masks[t])(ins[0][t], hg, c, h)
+                steps[t] = h
+            S = nb.functional.stack(steps, axis=0)
+        ((S * S).sum() + (h * h).sum() + (c * c * c).sum()).backward()
+        return [S.numpy(), h.numpy(), c.numpy()] + [t.grad.numpy() for t in ins if t is not ins[1]] + [W.grad.numpy()]
+    ref = run(False, "C")
+    for layout in ("C", "F"):
+        for a, b in zip(run(True, layout), ref):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_lstm_recurrence_gradcheck():
+    rng = np.random.default_rng(8)
+    masks = [np.array([[True], [t > 1]]) for t in range(3)]
+    f = lambda *a: Recurrence("LSTM", masks, True, True)(*a)
+    assert nb.gradcheck(f, *(rng.standard_normal(s) for s in ((3, 2, 8), (8, 2), (2, 2), (2, 2), (8,))))
 
 
 def test_cells_double_backward():
