@@ -5,7 +5,7 @@ __all__ = ['check_conv_input_grad', 'check_conv1d_loops', 'check_winograd_1d', '
            'check_conv_transpose_via_conv', 'check_gru_step', 'check_attention_permutation', 'check_key_padding_mask',
            'check_trigram']
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #35ca517f
+# %% ../../nbs/2_architectures/solutions_2.ipynb #672cbb04
 import numpy as np
 import neuralbook as nb
 from ..autograd import Function
@@ -38,7 +38,7 @@ def check_conv_input_grad(conv_input_grad):
     assert ok, "a convolution whose backward is conv_input_grad fails nb.gradcheck (central differences)"
     return "conv_input_grad: equals conv2d's backward on 3 shapes and passes gradcheck"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #65d6d67b
+# %% ../../nbs/2_architectures/solutions_2.ipynb #08e2ca6f
 import numpy as np
 from ..conv1d import conv1d
 
@@ -52,7 +52,7 @@ def check_conv1d_loops(conv1d_loops):
                                     f"position o sees x[:, :, o:o+k], contracted with w over channels and taps")
     return "conv1d_loops: matches conv1d"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #fc08d119
+# %% ../../nbs/2_architectures/solutions_2.ipynb #7ec07a42
 import numpy as np
 
 def check_winograd_1d(winograd_1d):
@@ -65,7 +65,7 @@ def check_winograd_1d(winograd_1d):
                                     f"{np.flatnonzero(~np.isclose(got, want)).tolist()}: check B^T, G and A^T")
     return "winograd_1d: matches the direct correlation"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #3dee8528
+# %% ../../nbs/2_architectures/solutions_2.ipynb #2dfc8fed
 import numpy as np
 import neuralbook as nb
 
@@ -95,7 +95,7 @@ def check_group_norm(group_norm):
     assert ok, "group_norm's gradients differ from central differences: build it from differentiable ops only"
     return "group_norm: matches the reference on 4 shapes (G = 1 and G = C included) and passes gradcheck"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #47d580c9
+# %% ../../nbs/2_architectures/solutions_2.ipynb #d631e191
 import numpy as np
 
 def check_residual_jacobian(residual_jacobian_check):
@@ -108,7 +108,7 @@ def check_residual_jacobian(residual_jacobian_check):
     assert np.allclose(J, np.eye(4) + W), f"J differs from I + W by {np.abs(J - np.eye(4) - W).max():.3g}"
     return "residual Jacobian is I + W"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #c913b2c7
+# %% ../../nbs/2_architectures/solutions_2.ipynb #fc51b55e
 import numpy as np
 from ..autograd import GradcheckError, gradcheck
 from ..conv import conv_transpose2d
@@ -130,7 +130,7 @@ def check_conv_transpose_via_conv(conv_transpose_via_conv):
         raise AssertionError(f"the values agree but the gradients do not (is the zero insertion differentiable?): {e}") from None
     return "conv_transpose_via_conv: matches conv_transpose2d, gradients check"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #01249d37
+# %% ../../nbs/2_architectures/solutions_2.ipynb #6a3dbf5f
 import numpy as np
 import neuralbook as nb
 from ..autograd import GradcheckError, gradcheck
@@ -145,6 +145,7 @@ def check_gru_step(gru_step):
     Ws = [p.data for p in ref.parameters()]                       # weight_ih, weight_hh, bias_ih, bias_hh
     want = ref(nb.tensor(x_t[None]), nb.tensor(h[None]))[1].data[0]
     got = gru_step(nb.tensor(x_t), nb.tensor(h), *[nb.tensor(w) for w in Ws])
+    assert got is not None, "gru_step returned None: return h_t, a tensor of shape (N, H)"
     assert tuple(got.shape) == (4, 5), f"gru_step returned shape {tuple(got.shape)}, expected (N, H) = (4, 5)"
     assert np.allclose(got.data, want, rtol=1e-10), "gru_step differs from the GRU layer: check the gate order r, z, n"
     try:
@@ -153,7 +154,7 @@ def check_gru_step(gru_step):
         raise AssertionError(f"the values agree but the gradients do not: {e}") from None
     return "gru_step: matches GRU, gradients check"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #07adb25a
+# %% ../../nbs/2_architectures/solutions_2.ipynb #1feb3872
 import numpy as np
 from ..attention import scaled_dot_product_attention
 
@@ -161,7 +162,10 @@ def check_attention_permutation(permute_check):
     "`permute_check` returns ((a, b), (c, d)) with a ≈ b (queries permuted) and c ≈ d (keys and values permuted)."
     r = np.random.default_rng(1)
     Q, K, V = r.standard_normal((5, 4)), r.standard_normal((6, 4)), r.standard_normal((6, 3))
-    (a, b), (c, d) = permute_check(Q, K, V, r.permutation(5), r.permutation(6))
+    out = permute_check(Q, K, V, r.permutation(5), r.permutation(6))
+    assert isinstance(out, (tuple, list)) and len(out) == 2 and all(len(p) == 2 for p in out), \
+        f"return ((a, b), (c, d)), two pairs of outputs; got {type(out).__name__}"
+    (a, b), (c, d) = out
     a, b, c, d = (np.asarray(getattr(t, "data", t)) for t in (a, b, c, d))
     assert a.shape == b.shape == c.shape == d.shape == (5, 3), "the four arrays are outputs of shape (L, d_v) = (5, 3)"
     assert not np.allclose(a, scaled_dot_product_attention(Q, K, V)), "permute the queries for the first pair"
@@ -169,7 +173,7 @@ def check_attention_permutation(permute_check):
     assert np.allclose(c, d), "second pair differs: permute K and V by the same permutation"
     return "attention: equivariant in the queries, invariant to a joint permutation of keys and values"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #af2ff64d
+# %% ../../nbs/2_architectures/solutions_2.ipynb #234b7dd7
 import numpy as np
 import neuralbook as nb
 from ..attention import MultiheadAttention
@@ -190,7 +194,7 @@ def check_key_padding_mask(make_mask):
     assert np.allclose(y1[1], y2[1]), "the other sentence changed"
     return "key_padding_mask: the padding is ignored"
 
-# %% ../../nbs/2_architectures/solutions_2.ipynb #3184d7e5
+# %% ../../nbs/2_architectures/solutions_2.ipynb #551236a4
 import numpy as np
 from ..gpt import CharVocab, encode_words, load_names
 
@@ -216,6 +220,7 @@ def check_trigram(trigram_nats):
     "Compare `trigram_nats` on chapter 18's names with a direct count (to 1e-9)."
     Xtr, Ytr, Xva, Yva, V = _names_data()
     v, want = trigram_nats(Xtr, Ytr, Xva, Yva, V), _count_nats(Xtr, Ytr, Xva, Yva, V, 3)
+    assert v is not None and np.ndim(v) == 0, f"return one number (validation nats per character), got {v!r:.80}"
     assert abs(v - _count_nats(Xtr, Ytr, Xva, Yva, V, 2)) > 1e-6, "this is the bigram's number: condition on two tokens"
     assert abs(v - want) < 1e-9, f"got {v}, a direct count gives {want} (add-one smoothing, '.' before the start)"
     return f"trigram: matches a direct count; beats the bigram on validation: {want < _count_nats(Xtr, Ytr, Xva, Yva, V, 2)}"

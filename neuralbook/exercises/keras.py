@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['check_logaddexp', 'check_torch_to_keras', 'check_torch_gru_to_keras']
 
-# %% ../../nbs/5_keras/solutions_5.ipynb #ed18051c
+# %% ../../nbs/5_keras/solutions_5.ipynb #4e8463af
 import numpy as np
 from ..autograd import GradcheckError, gradcheck
 
@@ -11,6 +11,7 @@ def check_logaddexp(logaddexp):
     "Values against `np.logaddexp` (at ±1000 too), then `gradcheck` on small inputs (float64)."
     a, b = np.array([-1000.0, 0.0, 1000.0, 3.0]), np.array([-1000.0, 1.0, 999.0, -2.0])
     got = logaddexp(a, b)
+    assert got is not None, "logaddexp returned None: return a tensor"
     got = np.asarray(got.numpy() if hasattr(got, "numpy") else got)
     want = np.logaddexp(a, b)
     assert np.isfinite(got).all(), f"not finite at ±1000: {got}; subtract m = max(x1, x2) before exp"
@@ -21,7 +22,7 @@ def check_logaddexp(logaddexp):
         raise AssertionError(f"the values agree but the gradients do not: {e}") from None
     return "logaddexp: stable, gradients check"
 
-# %% ../../nbs/5_keras/solutions_5.ipynb #2493f08c
+# %% ../../nbs/5_keras/solutions_5.ipynb #c2fa8a16
 import numpy as np
 import neuralbook as nb
 from ..attention import MultiheadAttention
@@ -34,7 +35,9 @@ def check_torch_to_keras(torch_to_keras):
     x = np.random.default_rng(1).standard_normal((2, 4, 6)).astype(np.float32)
     k = MultiHeadAttention(2, key_dim=3)
     k(x, x)
-    ws = list(torch_to_keras(m))
+    ws = torch_to_keras(m)
+    assert isinstance(ws, (list, tuple)), f"return the list of eight arrays, got {type(ws).__name__}"
+    ws = list(ws)
     want_shapes = [tuple(w.shape) for w in k.get_weights()]
     assert [tuple(np.shape(w)) for w in ws] == want_shapes, \
         f"got shapes {[tuple(np.shape(w)) for w in ws]}, Keras expects {want_shapes} (q, k, v, output: kernel, bias)"
@@ -43,7 +46,7 @@ def check_torch_to_keras(torch_to_keras):
     assert np.allclose(got, want, atol=1e-5), f"the outputs differ by {np.abs(got - want).max():.3g}"
     return "torch_to_keras: outputs agree"
 
-# %% ../../nbs/5_keras/solutions_5.ipynb #5f2454f9
+# %% ../../nbs/5_keras/solutions_5.ipynb #549959aa
 import numpy as np
 import neuralbook as nb
 from ..keras.layers.rnn import GRU
@@ -56,7 +59,9 @@ def check_torch_gru_to_keras(torch_gru_to_keras):
     xs = np.random.default_rng(3).standard_normal((2, 7, 5)).astype(np.float32)
     k = GRU(4, return_sequences=True)
     k(xs)
-    ws = list(torch_gru_to_keras(g))
+    ws = torch_gru_to_keras(g)
+    assert isinstance(ws, (list, tuple)), f"return [kernel, recurrent_kernel, bias], got {type(ws).__name__}"
+    ws = list(ws)
     want_shapes = [tuple(w.shape) for w in k.get_weights()]
     assert [tuple(np.shape(w)) for w in ws] == want_shapes, \
         f"got shapes {[tuple(np.shape(w)) for w in ws]}, Keras expects {want_shapes} (kernel, recurrent_kernel, bias)"

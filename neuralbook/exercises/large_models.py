@@ -4,7 +4,7 @@
 __all__ = ['check_fewest_pieces', 'check_max_pooling', 'check_lora_count', 'check_cutout', 'check_deltas', 'check_item_bias_step',
            'check_minimax_loss', 'check_soft_grad']
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #f76b83c2
+# %% ../../nbs/3_large_models/solutions_3.ipynb #be58383a
 import importlib.util
 from pathlib import Path
 from ..text import wordpiece
@@ -24,7 +24,9 @@ def check_fewest_pieces(fewest_pieces):
     minilm = {w: i for i, w in enumerate(folder.joinpath("vocab.txt").read_text(encoding="utf-8").splitlines())}
     cases = [("abcd", toy)] + [(w, minilm) for w in ["tokenization", "unaffable", "playing", "backpropagation", "hugging"]]
     for w, vocab in cases:
-        p = list(fewest_pieces(w, vocab))
+        p = fewest_pieces(w, vocab)
+        assert isinstance(p, (list, tuple)), f"return a list of pieces, got {type(p).__name__}"
+        p = list(p)
         assert "".join(x.removeprefix("##") for x in p) == w, f"the pieces {p} must spell the word {w!r}"
         assert all(x in vocab for x in p), f"{[x for x in p if x not in vocab]} not in the vocabulary"
         assert not p[0].startswith("##") and all(x.startswith("##") for x in p[1:]), \
@@ -33,7 +35,7 @@ def check_fewest_pieces(fewest_pieces):
         assert len(p) == n, f"{w!r}: {len(p)} pieces {p}, but {n} suffice (greedy gives {wordpiece(w, vocab)})"
     return "fewest_pieces: shortest splits (greedy needs 3 pieces for 'abcd' in the toy vocabulary, the shortest 2)"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #68aab125
+# %% ../../nbs/3_large_models/solutions_3.ipynb #c9fa3b74
 import numpy as np
 
 def check_max_pooling(max_pooling):
@@ -48,7 +50,7 @@ def check_max_pooling(max_pooling):
     assert np.allclose(got, want), "a padded position won the max: add -inf where the mask is 0 first"
     return "max_pooling: matches the loop"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #bc7c74a1
+# %% ../../nbs/3_large_models/solutions_3.ipynb #7f3cdd6b
 from ..pretrained import BertConfig, BertModel, add_lora
 
 def check_lora_count(lora_count):
@@ -62,7 +64,7 @@ def check_lora_count(lora_count):
                              f"(each adapted H × H matrix gets A (r, H) and B (H, r))")
     return "lora_count: matches add_lora"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #3a5442c4
+# %% ../../nbs/3_large_models/solutions_3.ipynb #87fc45db
 import numpy as np
 
 def check_cutout(cutout):
@@ -80,7 +82,7 @@ def check_cutout(cutout):
     assert x.min() == 1, "do not modify the input in place"
     return "cutout ok"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #d0ca8f5a
+# %% ../../nbs/3_large_models/solutions_3.ipynb #18928fff
 import numpy as np
 
 def check_deltas(deltas):
@@ -95,7 +97,7 @@ def check_deltas(deltas):
     assert np.allclose(np.asarray(deltas(ramp, N=1))[0], ramp[1] / 2), "repeat the first and last frame at the edges"
     return "deltas ok"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #761f6866
+# %% ../../nbs/3_large_models/solutions_3.ipynb #9eb9d439
 import numpy as np
 
 def check_item_bias_step(item_bias_step):
@@ -113,7 +115,7 @@ def check_item_bias_step(item_bias_step):
     assert np.allclose(got, want), "item biases differ from the loop"
     return "item_bias_step: matches the loop"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #86b438be
+# %% ../../nbs/3_large_models/solutions_3.ipynb #3755be66
 import numpy as np
 import neuralbook as nb
 
@@ -122,6 +124,7 @@ def check_minimax_loss(minimax_generator_loss):
     a_np = np.linspace(-60, 60, 7)[:, None]
     a = nb.tensor(a_np, requires_grad=True)
     loss = minimax_generator_loss(a)
+    assert hasattr(loss, "backward"), f"return the loss as a scalar tensor (its gradient is checked), got {type(loss).__name__}"
     want = np.mean(-np.logaddexp(0, a_np))
     assert np.isfinite(loss.item()), "the loss is not finite at logit 60: use softplus, not log(1 - sigmoid(a))"
     assert np.isclose(loss.item(), want), f"loss {loss.item()} != {want}"
@@ -129,7 +132,7 @@ def check_minimax_loss(minimax_generator_loss):
     assert np.allclose(a.grad.data, -1 / (1 + np.exp(-a_np)) / len(a_np)), "gradient != -sigmoid(a)/N"
     return "minimax generator loss: value and gradient agree"
 
-# %% ../../nbs/3_large_models/solutions_3.ipynb #e74e9fec
+# %% ../../nbs/3_large_models/solutions_3.ipynb #16385ee8
 import numpy as np
 import neuralbook as nb
 from ..gan import distillation_loss
