@@ -9,7 +9,7 @@ __all__ = ['GradientTape', 'activations', 'backend', 'callbacks', 'config', 'ini
            'Policy', 'clear_session', 'floatx', 'get_device', 'global_policy', 'set_device', 'set_global_policy',
            'Input', 'InputLayer', 'KerasTensor', 'Layer', 'Model', 'Sequential']
 
-# %% ../../nbs/1_learning/11_keras.ipynb #ffae04e8
+# %% ../../nbs/1_learning/11_keras.ipynb #1b3891c4
 from . import (activations, backend, callbacks, config, initializers, layers, losses, metrics,
                               mixed_precision, models, ops, optimizers, regularizers, saving, trainers, utils)
 from .backend import (POLICY_RUNTIME, Policy, clear_session, floatx, get_device, global_policy,
