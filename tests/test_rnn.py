@@ -149,6 +149,23 @@ def test_lstm_recurrence_gate_major_matches_the_cells(reverse, masked, bias):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_lstm_recurrence_gate_major_input():
+    "Recurrence(gate_major=True) takes the projections as (4, T*B, H) in the order i, f, o, g: same as the flat input."
+    rng = np.random.default_rng(9)
+    xg, W, h0, c0, b = (rng.standard_normal(s) for s in ((T, B, 4 * H), (4 * H, H), (B, H), (B, H), (4 * H,)))
+    X = np.ascontiguousarray(xg.reshape(T * B, 4, H).transpose(1, 0, 2)[[0, 1, 3, 2]])
+    res = []
+    for gate_major, inp in ((False, xg), (True, X)):
+        ins = [nb.tensor(a, requires_grad=True) for a in (inp, W, h0, c0, b)]
+        S, h, c = Recurrence("LSTM", None, True, True, gate_major=gate_major)(*ins)
+        ((S * S).sum() + h.sum() + (c * c).sum()).backward()
+        g = ins[0].grad.numpy()
+        g = g if not gate_major else g[[0, 1, 3, 2]].transpose(1, 0, 2).reshape(T, B, 4 * H)
+        res.append([S.numpy(), h.numpy(), c.numpy(), g] + [t.grad.numpy() for t in ins[1:]])
+    for a, b_ in zip(*res):
+        np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-14)
+
+
 def test_lstm_recurrence_gradcheck():
     rng = np.random.default_rng(8)
     masks = [np.array([[True], [t > 1]]) for t in range(3)]
