@@ -62,14 +62,15 @@ def main():
     ap.add_argument("--all", action="store_true", help="rebuild every nbs/PART/[0-9]*.ipynb and nbs/index.ipynb")
     ap.add_argument("--no-exec", action="store_true", help="convert, clean and export only")
     args = ap.parse_args()
-    paths = sorted((ROOT / "nbs").glob("[0-9]_*/[0-9]*.ipynb")) + [ROOT / "nbs" / "index.ipynb"] if args.all else args.paths
+    paths = sorted((ROOT / "nbs").glob("[0-9]_*/*.ipynb")) + [ROOT / "nbs" / "index.ipynb"] if args.all else args.paths
     built = []
     for p in paths:
         if not p.exists():
             continue
         nbp = to_ipynb(p.resolve())
-        # export first so the notebook's own module is importable by later chapters run in this same build
-        subprocess.run(["nbdev-export"], cwd=ROOT, check=True)
+        # export this notebook first so that its own module is what its kernel imports (only this one: a notebook
+        # that someone else is half-way through editing must not stop the build of another)
+        subprocess.run(["nbdev-export", "--path", str(nbp)], cwd=ROOT, check=True)
         if not args.no_exec:
             print(f"{nbp.name}: executed in {execute(nbp):.1f} s", flush=True)
         built.append(str(nbp))
