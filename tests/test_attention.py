@@ -443,3 +443,28 @@ def test_layer_under_autocast_is_close_to_float32():
                                scaled_dot_product_attention(x, x, x, is_causal=True).numpy(), atol=5e-3)
     y.sum().backward()
     assert x.grad.dtype == np.float32 and np.isfinite(x.grad.numpy()).all()
+
+
+def test_dropout_add_is_dropout_plus_add_bit_for_bit_and_keeps_no_input():
+    "chapter 17: _dropout_add(h, x, drop) == drop(h) + x (same mask stream), same gradients, inputs stubbed"
+    from neuralbook.attention import _DropoutAdd, _dropout_add
+    from neuralbook.regularization import Dropout
+    rng = np.random.default_rng(0)
+    h0 = rng.standard_normal((96, 200)).astype(np.float32)
+    x0 = rng.standard_normal((96, 200)).astype(np.float32)
+    g = rng.standard_normal((96, 200)).astype(np.float32)
+    for p, train in ((0.3, True), (0.3, False), (0.0, True), (1.0, True)):
+        drop = Dropout(p).train(train)
+        res = []
+        for fused in (False, True):
+            h, x = nb.tensor(h0, requires_grad=True), nb.tensor(x0, requires_grad=True)
+            nb.manual_seed(5)
+            y = _dropout_add(h * 1.0, x, drop) if fused else drop(h * 1.0) + x
+            y.backward(nb.tensor(g))
+            res.append((y.numpy(), h.grad.numpy(), x.grad.numpy()))
+        for a, b in zip(*res):
+            assert np.array_equal(a, b), (p, train)
+    nb.manual_seed(5)
+    y = _dropout_add(nb.tensor(h0, requires_grad=True) * 1.0, nb.tensor(x0), Dropout(0.3))
+    assert type(y.creator) is _DropoutAdd and y.creator.x_data[0].strides == (0, 0)
+    assert y.creator.keep.dtype == bool
