@@ -468,3 +468,12 @@ def test_dropout_add_is_dropout_plus_add_bit_for_bit_and_keeps_no_input():
     y = _dropout_add(nb.tensor(h0, requires_grad=True) * 1.0, nb.tensor(x0), Dropout(0.3))
     assert type(y.creator) is _DropoutAdd and y.creator.x_data[0].strides == (0, 0)
     assert y.creator.keep.dtype == bool
+
+
+def test_merge_heads_rows_is_the_reshaped_merge():
+    "chapter 17: MergeHeads(rows=True) gives (N·T, H·d) in one node; its VJP is the inverse view"
+    from neuralbook.attention import MergeHeads
+    o = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    y = MergeHeads(rows=True)(nb.tensor(o))
+    assert y.shape == (8, 15) and np.array_equal(y.numpy(), MergeHeads()(nb.tensor(o)).numpy().reshape(8, 15))
+    assert nb.gradcheck(lambda t: MergeHeads(rows=True)(t), nb.tensor(o, requires_grad=True))
