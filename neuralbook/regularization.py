@@ -121,6 +121,7 @@ def dropout_mask_apply(x, u, p: float):
 
 class DropoutFunction(Function):
     "y = x ⊙ m / (1 − p); the VJP multiplies by the same mask, x̄ = ȳ ⊙ m / (1 − p)."
+    save_inputs = False    # backward reads only the mask
     def __init__(self, p: float, u):
         self.p, self.u = p, u
     def forward(self, x):
