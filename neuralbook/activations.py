@@ -64,7 +64,7 @@ _ERF_P, _ERF_A = 0.3275911, (0.254829592, -0.284496736, 1.421413741, -1.45315202
 def _gelu_f32(x, gy=None, block=1 << 14):
     """GELU of a float32 NumPy array x Φ(x), or with `gy` its VJP gy (Φ(x) + x φ(x)), block by block, with erf by
     Abramowitz & Stegun 7.1.26 (as PyTorch's vectorised CPU erf)."""
-    f = np.float32
+    f, shape = np.float32, np.shape(x)     # (ascontiguousarray makes a 0-d array 1-d: the shape is restored at the end)
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape, f)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -82,7 +82,7 @@ def _gelu_f32(x, gy=None, block=1 << 14):
         o += f(1); o *= f(0.5)                                                   # Φ(x)
         if gf is None: o *= xs
         else: e *= xs; e *= f(_INV_SQRT_2PI); o += e; o *= gf[i:i + block]      # gy (Φ + x φ)
-    return out
+    return out.reshape(shape)
 
 class GELU(Function):
     "Exact GELU, x Φ(x), with Φ the standard normal CDF (float32 on the CPU: erf to float32 precision, in blocks)."
