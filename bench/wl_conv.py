@@ -70,18 +70,20 @@ MEMORY = {"conv_wide_b128", "conv_resblock_b64"}
 
 # ---------------------------------------------------------------- `python bench/wl_conv.py`: the chapter's table
 def _variants():
-    """'im2col' (chapter 12 alone: conv.FAST emptied) and 'winograd' (chapter 12b's FastConv2dFn, forced on). The
-    library's default, WINOGRAD = "auto", is the 'winograd' row at 1 BLAS thread and the 'im2col' row at more."""
+    """The rows of chapter 12b's table: 'im2col' (chapter 12 alone: conv.FAST emptied), 'winograd2' (F(2×2, 3×3)),
+    'winograd' (F(4×4, 3×3), the library's default)."""
     from neuralbook import conv, conv_fast
-    def winograd():
-        conv.FAST["conv2d"], conv_fast.WINOGRAD = conv_fast.FastConv2dFn, True   # forced, at any thread count
-    return {"im2col": lambda: conv.FAST.pop("conv2d", None), "winograd": winograd}
+    def tile(m):
+        def set_():
+            conv.FAST["conv2d"], conv_fast.TILE = conv_fast.FastConv2dFn, m
+        return set_
+    return {"im2col": lambda: conv.FAST.pop("conv2d", None), "winograd2": tile(2), "winograd": tile(4)}
 
 
 def _instrument():
     "Wrap the pieces of a step in thread-CPU timers; returns the dict of seconds per category (cleared by the caller)."
     import time
-    from neuralbook import conv, conv_fast, functional, optim
+    from neuralbook import activations, conv, conv_fast, norm, optim
     acc = {}
 
     def timed(owner, name, cat):
@@ -94,14 +96,13 @@ def _instrument():
     for name in ("_matmul_into", "_mm"): timed(conv, name, "im2col path: GEMM")
     timed(conv, "im2col", "im2col path: im2col copies")
     timed(conv, "_add_cols", "im2col path: col2im strided adds")
-    for name in ("_input_transform", "_output_transform", "_grad_transform", "_input_grad_transform"):
-        timed(conv_fast, name, "winograd: transforms")
+    timed(conv_fast, "_sandwich", "winograd: transforms (small GEMMs)")
+    timed(conv_fast, "_add_tiles", "winograd: tile adds (backward)")
     timed(conv_fast, "winograd_forward", "winograd: all")
     timed(conv_fast, "winograd_backward", "winograd: all")
     timed(conv, "maxpool2d_fwd", "max-pool"); timed(conv, "maxpool2d_bwd", "max-pool")
-    timed(functional.ReLU, "forward", "ReLU"); timed(functional.ReLU, "backward", "ReLU")
+    timed(activations.ReLU, "forward", "ReLU"); timed(activations.ReLU, "backward", "ReLU")
     timed(optim.Adam, "step", "Adam")
-    from neuralbook import norm
     timed(norm.NormalizeFn, "forward", "BatchNorm (chapter 13)"); timed(norm.NormalizeFn, "backward", "BatchNorm (chapter 13)")
     return acc
 
@@ -169,7 +170,8 @@ def main():
                     reps.append((total, dict(acc)))
                 total, cats = sorted(reps, key=lambda r: r[0])[1]          # the median step
                 if "winograd: all" in cats:
-                    cats["winograd: GEMM and the rest"] = cats.pop("winograd: all") - cats.get("winograd: transforms", 0)
+                    cats["winograd: α² GEMMs, tile copies"] = cats.pop("winograd: all") - cats.get(
+                        "winograd: transforms (small GEMMs)", 0) - cats.get("winograd: tile adds (backward)", 0)
                 cats["other (autograd, loss, Linear, bias, layouts)"] = total - sum(cats.values())
                 res["profile"][f"{name}/{k}"] = {"total_ms": total * 1e3, "ms": {c: s * 1e3 for c, s in cats.items()}}
                 print(name, k, f"{total * 1e3:.0f} ms:", {c: round(s * 1e3, 1) for c, s in cats.items()}, flush=True)
