@@ -216,13 +216,18 @@ def _calibrate(fn, target=0.05):
     return n
 
 
-def measure(ours, theirs, rounds):
-    "Median seconds per call of each, alternating the two in every round."
+def measure(ours, theirs, rounds, blocks=False):
+    """Median seconds per call of each, alternating the two in every round; blocks=True (for several threads)
+    alternates blocks of rounds/2 calls, each after one untimed call. With several threads a library leaves its idle
+    threads spinning after each call (OpenBLAS's for ~0.1 s, measured), which takes a core from whatever runs next:
+    call by call that slowed PyTorch's next step by 35 % and ours erratically by up to 90 %. In a block each library
+    runs step after step, as in a training loop."""
     n_o, n_t = _calibrate(ours), _calibrate(theirs)
     to, tt = [], []
-    for _ in range(rounds):
-        to.append(_time(ours, n_o))
-        tt.append(_time(theirs, n_t))
+    for _ in range(2 if blocks else rounds):
+        for fn, n, out in ((ours, n_o, to), (theirs, n_t, tt)):
+            if blocks: fn()
+            out += [_time(fn, n) for _ in range(-(-rounds // 2) if blocks else 1)]
     return statistics.median(to) / getattr(ours, "steps", 1), statistics.median(tt) / getattr(theirs, "steps", 1)
 
 
@@ -293,7 +298,7 @@ def main():
                 try:
                     nb.manual_seed(0); torch.manual_seed(0)
                     ours, theirs = make()
-                    to, tt = measure(ours, theirs, rounds)
+                    to, tt = measure(ours, theirs, rounds, blocks=nt > 1)
                 except Exception as e:  # a workload whose pieces are missing is reported, not fatal
                     print(f"{name:24s} {nt:7d}   skipped: {type(e).__name__}: {e}")
                     results["workloads"].append({"name": name, "threads": nt, "skipped": str(e)})

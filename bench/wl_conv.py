@@ -137,12 +137,17 @@ def main():
                 theirs(); theirs()
                 wall = {k: [] for k in list(variants) + ["torch"]}
                 cpu = {k: [] for k in wall}
-                for _ in range(args.rounds):                      # alternate: every variant and torch each round
+                # alternate every variant and torch each round; with 2 threads, in blocks of rounds/2 steps after an
+                # untimed one (idle threads spin after a call and slow whatever runs next: run.py's `measure`)
+                passes, per = (2, -(-args.rounds // 2)) if nt > 1 else (args.rounds, 1)
+                for _ in range(passes):
                     for k in wall:
                         if k in variants: variants[k]()
                         fn = theirs if k == "torch" else ours
-                        t0, c0 = time.perf_counter(), time.thread_time(); fn()
-                        wall[k].append(time.perf_counter() - t0); cpu[k].append(time.thread_time() - c0)
+                        if nt > 1: fn()
+                        for _ in range(per):
+                            t0, c0 = time.perf_counter(), time.thread_time(); fn()
+                            wall[k].append(time.perf_counter() - t0); cpu[k].append(time.thread_time() - c0)
                 row = {"workload": name, "threads": nt, "doc": make.__doc__, "loadavg": os.getloadavg()}
                 for k in wall:
                     row[f"{k}_ms"] = statistics.median(wall[k]) * 1e3
