@@ -30,14 +30,14 @@ IDEA_EDGES = [("01_neuron", "02_autograd")]
 # CPU seconds to execute each chapter once (nbval's cells: `#| slow` / `#| cuda` / `#| eval: false` skipped), written
 # by `python tools/chapter_graph.py measure` on a loaded 2-core machine: upper bounds. BEGIN RUN_SECONDS
 RUN_SECONDS = {"01_neuron": 3.0, "02_autograd": 4.6, "02b_gradcheck": 0.7, "03_functional": 3.3,
-               "03a_activations": 2.1, "03b_tensor_methods": 3.5, "04_nn": 4.9, "05_losses": 6.4, "06_data": 4.4,
+               "03a_activations": 1.9, "03b_tensor_methods": 3.5, "04_nn": 4.9, "05_losses": 6.4, "06_data": 4.4,
                "06b_datasets": 8.8, "07_optim": 5.0, "07b_lr_scheduler": 3.6, "08_regularization": 6.6,
                "09_metrics": 4.1, "10_learner": 3.0, "10b_callbacks": 5.9, "10c_hooks": 2.8, "11_keras": 6.1,
-               "solutions_1": 5.1, "12_conv": 9.0, "12a_conv1d": 1.4, "12b_conv_fast": 2.4, "13_norm": 4.9,
+               "solutions_1": 5.1, "12_conv": 9.0, "12a_conv1d": 1.4, "12b_conv_fast": 2.1, "13_norm": 4.9,
                "14_resnet": 8.2, "15_conv_transpose": 1.1, "16_rnn": 4.4, "17_attention": 5.1, "18_gpt": 19.9,
                "solutions_2": 0.9, "19_zoo": 1.1, "20_finetune": 2.7, "21_torch_import": 3.0, "22_lora": 5.0,
                "23_text": 1.2, "24_pretrained": 50.7, "25_images": 35.1, "26_speech": 24.5, "27_recommend": 10.6,
-               "28_generate": 109.2, "solutions_3": 0.8, "29_backend": 1.6, "30_io": 1.2, "31_cuda": 1.6,
+               "28_generate": 13.8, "solutions_3": 0.8, "29_backend": 1.6, "30_io": 1.2, "31_cuda": 1.6,
                "31b_cuda_twins": 17.1, "32_cuda_emu": 1.2, "32b_emulated_cupy": 2.7, "33_amp": 4.7,
                "34_distributed": 1.7, "35_cli": 2.9, "35b_cli_finetune": 0.7, "99_package": 0.7, "solutions_4": 0.6,
                "36_keras_1_backend": 0.7, "36_keras_1b_config": 0.6, "36_keras_1c_mixed_precision": 0.7,
