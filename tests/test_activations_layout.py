@@ -52,3 +52,29 @@ def test_relu_step_gradient_in_layout():
     xl = nb.tensor(buf.transpose(3, 0, 1, 2), requires_grad=True)
     A.relu(xl).mean(axis=(2, 3)).sum().backward()
     assert order(xl.grad.data) == order(xl.data)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("coef", [0.3, 0.01, 1.0, 2.5, -0.5, 0.0])
+def test_two_branch_gradients_exact_for_any_coefficient(dtype, coef):
+    "LeakyReLU and ELU backward, written as [x ≤ 0]·b + [x > 0] (no masked copies): bit-equal to the branch formula."
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 6, 7)).astype(dtype)
+    x[0, 0, :3] = 0                                                        # the kink takes the lower branch
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    y, g = _backward("LeakyReLU", (coef,), x, gy)
+    np.testing.assert_array_equal(g, gy * np.where(x > 0, dtype(1), dtype(coef)))
+    y, g = _backward("ELU", (coef,), x, gy)
+    np.testing.assert_array_equal(g, np.where(x > 0, gy, gy * (y + dtype(coef))))
+
+
+@pytest.mark.parametrize("alpha", [1.0, -0.5, 2.0])
+def test_elu_and_leaky_relu_match_torch(alpha):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(5).standard_normal((4, 3, 5))
+    for ours, theirs in ((A.elu, torch.nn.functional.elu), (A.leaky_relu, torch.nn.functional.leaky_relu)):
+        t = nb.tensor(x, requires_grad=True)
+        (ours(t, alpha) ** 2).sum().backward()
+        tt = torch.tensor(x, requires_grad=True)
+        (theirs(tt, alpha) ** 2).sum().backward()
+        np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=1e-12, atol=1e-12)
