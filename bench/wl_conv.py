@@ -190,5 +190,48 @@ def main():
     print("GEMM 1024³, 1 thread (CPU time):", round(res["gemm_1024_gflops_1thread"], 1), "GFLOP/s; wrote", out / "conv_speed.json")
 
 
+def band_threads(repeats=5, rounds=6, out=None):
+    """Chapter 12b's band threads at 2 threads: each conv workload against PyTorch in two fresh processes, one as
+    installed and one started with OPENBLAS_THREAD_TIMEOUT=4 (OpenBLAS's idle threads sleep at once, so
+    `_band_threads` runs the bands on 2 threads). Writes bench/results/conv_band_threads.json."""
+    import json, os, subprocess, sys
+    from pathlib import Path
+    res = {"loadavg_start": os.getloadavg(), "rounds": rounds, "repeats": repeats, "runs": {}}
+    for label, extra in (("default", {}), ("OPENBLAS_THREAD_TIMEOUT=4", {"OPENBLAS_THREAD_TIMEOUT": "4"})):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"} | extra
+        cmd = [sys.executable, __file__, "--band-threads-child", str(repeats), str(rounds)]
+        res["runs"][label] = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
+                                                       text=True).stdout.splitlines()[-1])
+        for name, r in res["runs"][label].items():
+            print(f"{label:26} {name:18} band threads {r['band_threads']}: ratios",
+                  " ".join(f"{x:.2f}" for x in r["ratios"]), flush=True)
+    res["loadavg_end"] = os.getloadavg()
+    out = Path(out or Path(__file__).parent / "results" / "conv_band_threads.json")
+    out.write_text(json.dumps(res, indent=1))
+
+
+def _band_threads_child(repeats, rounds):
+    import json, sys
+    from pathlib import Path
+    from threadpoolctl import threadpool_limits
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import run
+    from neuralbook import conv_fast
+    torch.set_num_threads(2)
+    res = {}
+    with threadpool_limits(2):
+        for name, make in WORKLOADS.items():
+            ours, theirs = make()
+            ours()
+            times = [run.measure(ours, theirs, rounds, blocks=True) for _ in range(repeats)]
+            res[name] = {"band_threads": conv_fast._band_threads(), "ours_ms": [o * 1e3 for o, _ in times],
+                         "torch_ms": [t * 1e3 for _, t in times], "ratios": [o / t for o, t in times]}
+    print(json.dumps(res))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    if sys.argv[1:2] == ["--band-threads-child"]: _band_threads_child(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--band-threads"]: band_threads()
+    else: main()

@@ -631,3 +631,43 @@ def test_winograd_gradcheck_and_fallbacks():
     assert not ok(x.astype(np.float16), w.astype(np.float16), (1, 1), (1, 1), 1)
     np.testing.assert_allclose(conv2d(x, w, b, stride=2, padding=1),
                                conv_module.Conv2dFn((2, 2), (1, 1, 1, 1), (1, 1), 1).forward(x, w, b), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_winograd_band_threads_give_the_same_result(monkeypatch, dtype):
+    "The batch split over band threads (forced to 3, BLAS at one thread each): the values of one thread."
+    rng = np.random.default_rng(12)
+    x, w = rng.standard_normal((7, 16, 9, 10)).astype(dtype), rng.standard_normal((24, 16, 3, 3)).astype(dtype)
+    b, gy = rng.standard_normal(24).astype(dtype), rng.standard_normal((7, 24, 9, 10)).astype(dtype)
+    one = conv_fast.winograd_forward(x, w, b, (1, 1, 1, 1)), conv_fast.winograd_backward(x, w, gy, (1, 1, 1, 1))
+    conv_fast._band_threads()                                      # the BLAS controller exists before threads use it
+    calls = []
+    real = conv_fast._in_threads
+    monkeypatch.setattr(conv_fast, "_band_threads", lambda: 3)
+    monkeypatch.setattr(conv_fast, "_in_threads", lambda run, N: calls.append(N) or real(run, N))
+    three = conv_fast.winograd_forward(x, w, b, (1, 1, 1, 1)), conv_fast.winograd_backward(x, w, gy, (1, 1, 1, 1))
+    assert calls == [7, 7]
+    # other band sizes change BLAS's blocking, and Ū is summed over 3 slices: equal to rounding, of the scale
+    scale = 1e-12 if dtype == np.float64 else 2e-5
+    for a, b_ in zip((three[0], *three[1]), (one[0], *one[1])):
+        np.testing.assert_allclose(a, b_, rtol=0, atol=scale * np.abs(b_).max())
+    for need in ((True, False), (False, True)):
+        gx, gw = conv_fast.winograd_backward(x, w, gy, (1, 1, 1, 1), *need)
+        assert (gx is None) == (not need[0]) and (gw is None) == (not need[1])
+
+
+def test_winograd_band_threads_rule(monkeypatch):
+    "Band threads only when every BLAS's idle threads sleep at once (OPENBLAS_THREAD_TIMEOUT ≤ 16), else 1."
+    class Lib:
+        def __init__(self, n, timeout):
+            self.num_threads = n
+            self.dynlib = type("Dyn", (), {} if timeout is None else {"openblas_thread_timeout": lambda s: timeout})()
+    class Ctl:
+        def __init__(self, libs): self.lib_controllers = libs
+    for libs, want in (([Lib(4, 0)], 1), ([Lib(4, 4)], 4), ([Lib(4, 16)], 4), ([Lib(4, 17)], 1), ([Lib(2, 4)], 2),
+                       ([Lib(2, 4), Lib(8, 0)], 1), ([Lib(2, 4), Lib(3, 8)], 3), ([Lib(4, None)], 1), ([], 1)):
+        monkeypatch.setattr(conv_fast, "_BLAS", Ctl(libs))
+        assert conv_fast._band_threads() == want, (libs, want)
+    splits = []
+    monkeypatch.setattr(conv_fast, "_BLAS", Ctl([Lib(1, 4)]))
+    assert conv_fast._in_threads(lambda s0, s1: splits.append((s0, s1)) or s1 - s0, 5) == [5] and splits == [(0, 5)]
