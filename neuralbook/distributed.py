@@ -8,7 +8,7 @@ __all__ = ['SelfComm', 'MPIComm', 'launched_by_mpi', 'init', 'rank', 'world_size
            'broadcast_optimizer_state', 'allreduce_gradients', 'DistributedDataParallel', 'DistributedSampler',
            'DistributedDataLoader', 'DistributedCallback', 'scaled_lr']
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #ee1dc2b3
+# %% ../nbs/4_engineering/34_distributed.ipynb #ee13b472
 import os
 import sys
 import json
@@ -35,7 +35,7 @@ class SelfComm:
     def abort(self, code: int = 1): os._exit(code)
     def __repr__(self): return "SelfComm(rank=0, size=1)"
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #57cbde58
+# %% ../nbs/4_engineering/34_distributed.ipynb #13ef0841
 class MPIComm:
     "A thin wrapper of an mpi4py communicator: in-place collectives on contiguous arrays (host or device)."
     def __init__(self, comm):
@@ -74,7 +74,7 @@ class MPIComm:
     def abort(self, code: int = 1): self.comm.Abort(code)
     def __repr__(self): return f"MPIComm(rank={self.rank}, size={self.size})"
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #c8ec54b6
+# %% ../nbs/4_engineering/34_distributed.ipynb #fefbbabd
 def _nccl_of(comm):
     "The NCCL communicator of `comm` (made once, on this process's GPU), or None where CuPy has no NCCL."
     if comm._nccl is None:
@@ -116,7 +116,7 @@ def _device_collective(comm, a, kind: str, op: str = "sum", root: int = 0):
     a[...] = xp.asarray(host)
     return a
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #4f12682b
+# %% ../nbs/4_engineering/34_distributed.ipynb #5af1c466
 _STATE = {"comm": None}
 
 def launched_by_mpi() -> bool:
@@ -154,7 +154,7 @@ def rank() -> int: return init().rank
 def world_size() -> int: return init().size
 def is_main_process() -> bool: return init().rank == 0
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #6832676a
+# %% ../nbs/4_engineering/34_distributed.ipynb #0329da98
 def _arrays_of(module):
     "The raw arrays of the parameters and buffers of `module`, in their fixed order."
     for t in list(module.parameters()) + [b for b in module.buffers() if b is not None]:
@@ -205,7 +205,7 @@ def broadcast_optimizer_state(opt, root: int = 0, comm=None):
     if comm.rank != root: opt.load_state_dict(state)
     return opt
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #2724fa9f
+# %% ../nbs/4_engineering/34_distributed.ipynb #0a58c925
 def _buckets(grads, bucket_bytes: int):
     "Group indices of `grads` into runs of one dtype whose total size stays under `bucket_bytes`."
     out, cur, size, dt = [], [], 0, None
@@ -242,7 +242,7 @@ def allreduce_gradients(params, comm=None, bucket_bytes: int = 1 << 22, average:
         calls += 1
     return calls
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #a3963d37
+# %% ../nbs/4_engineering/34_distributed.ipynb #7f980f6d
 class DistributedDataParallel:
     "Wrap `module` for data-parallel training: same start on all ranks; call `.sync()` after every backward."
     def __init__(self, module, comm=None, bucket_bytes: int = 1 << 22, broadcast: bool = True):
@@ -259,7 +259,7 @@ class DistributedDataParallel:
         return getattr(self.module, name)
     def __repr__(self): return f"DistributedDataParallel({self.module!r}, {self.comm!r})"
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #ee9a2148
+# %% ../nbs/4_engineering/34_distributed.ipynb #ccda92a2
 class DistributedSampler:
     "The indices of rank `rank` for one epoch: equal counts on all ranks, together a cover of range(n)."
     def __init__(self, n: int, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
@@ -295,7 +295,7 @@ class DistributedSampler:
         return (f"DistributedSampler(n={self.n}, num_replicas={self.p}, rank={self.rank}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, {self.num_samples} per rank)")
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #b66d8350
+# %% ../nbs/4_engineering/34_distributed.ipynb #b2be85b8
 class DistributedDataLoader(DataLoader):
     "A DataLoader over this rank's share of `dataset` (a `DistributedSampler`); call `set_epoch` every epoch."
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
@@ -312,13 +312,13 @@ class DistributedDataLoader(DataLoader):
         stop = len(idx) - len(idx) % b if self.drop_last else len(idx)
         return [idx[i:i + b] for i in range(0, stop, b)]
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #3de16e19
+# %% ../nbs/4_engineering/34_distributed.ipynb #6a52b8ae
 _ROOT_ONLY = (ModelCheckpoint, TrainingCheckpoint, CSVLogger, ProgressCallback)
 _EPOCH_EVENTS = ("before_fit", "before_train", "after_batch", "after_epoch", "after_fit")
 
-class DistributedCallback(Callback):
-    "Data-parallel training in a Learner: same start, averaged gradients, global metrics, rank-0-only files."
-    order = -20
+class _DistributedSteps(Callback):
+    "The training steps of data parallelism: same start, averaged gradients, rank-0-only files."
+    order = -20                                      # before GradientClipping (order 0): it clips the global gradient
     name = "distributed"
 
     def __init__(self, comm=None, bucket_bytes: int = 1 << 22, root_only=_ROOT_ONLY):
@@ -344,24 +344,23 @@ class DistributedCallback(Callback):
     def after_backward(self):
         allreduce_gradients(self._params, self.comm, self.bucket_bytes)
 
-# %% ../nbs/4_engineering/34_distributed.ipynb #079e8302
-def _reduce_logs(self, keys):
-    "Sample-weighted means over ranks of `logs[k]` for k in keys (a rank with no samples counts zero)."
-    learn = self.learn
-    if self.comm is None or self.comm.size == 1: return
-    n = float(sum(learn._sizes))
-    keys = [k for k in keys if k in learn.logs]
-    v = np.array([n] + [n * learn.logs[k] if n else 0.0 for k in keys], np.float64)
-    self.comm.allreduce_(v)
-    for k, s in zip(keys, v[1:]): learn.logs[k] = float(s / v[0]) if v[0] else float("nan")
+# %% ../nbs/4_engineering/34_distributed.ipynb #a5f12221
+class DistributedCallback(_DistributedSteps):
+    "Data-parallel training in a Learner: same start, averaged gradients, global metrics, rank-0-only files."
+    def _reduce_logs(self, keys):
+        "Sample-weighted means over ranks of `logs[k]` for k in keys (a rank with no samples counts zero)."
+        learn = self.learn
+        if self.comm is None or self.comm.size == 1: return
+        n = float(sum(learn._sizes))
+        keys = [k for k in keys if k in learn.logs]
+        v = np.array([n] + [n * learn.logs[k] if n else 0.0 for k in keys], np.float64)
+        self.comm.allreduce_(v)
+        for k, s in zip(keys, v[1:]): learn.logs[k] = float(s / v[0]) if v[0] else float("nan")
 
-def _after_train(self): self._reduce_logs(["train_loss"])
-def _after_validate(self): self._reduce_logs(["valid_loss"] + [name for name, _ in self.learn.metrics])
+    def after_train(self): self._reduce_logs(["train_loss"])
+    def after_validate(self): self._reduce_logs(["valid_loss"] + [name for name, _ in self.learn.metrics])
 
-DistributedCallback._reduce_logs = _reduce_logs
-DistributedCallback.after_train, DistributedCallback.after_validate = _after_train, _after_validate
-
-# %% ../nbs/4_engineering/34_distributed.ipynb #76333661
+# %% ../nbs/4_engineering/34_distributed.ipynb #961f8fde
 def scaled_lr(lr: float, world_size: int | None = None, rule: str = "linear") -> float:
     "The learning rate for `world_size` ranks given the one-rank `lr`: `rule` 'linear' (SGD) or 'sqrt' (Adam)."
     p = init().size if world_size is None else int(world_size)
