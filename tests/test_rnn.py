@@ -424,3 +424,16 @@ def test_lstm_proj_size_gradcheck_and_errors():
     with pytest.raises(ValueError, match=r"h0 has shape \(1, 3, 4\), expected .* = \(1, 3, 2\)"):
         LSTM(I, H, proj_size=2)(nb.tensor(np.zeros((T, B, I), np.float32)),
                                 (np.zeros((1, B, H), np.float32), np.zeros((1, B, H), np.float32)))
+
+
+@pytest.mark.parametrize("cls", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_cell_reset_parameters_like_pytorch(cls):
+    "A cell has PyTorch's reset_parameters: every weight and bias redrawn from U(−1/√H, 1/√H)."
+    import neuralbook as nb
+    nb.manual_seed(0)
+    cell = getattr(nb.nn, cls)(3, 4)
+    before = [p.data.copy() for p in cell.parameters()]
+    cell.reset_parameters()
+    after = [p.data for p in cell.parameters()]
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.abs(a).max() <= 0.5 for a in after)          # 1/√4
